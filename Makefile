@@ -1,0 +1,21 @@
+# Entry points. `make run` and `make test` are the two commands in the README.
+PY := .venv/bin/python
+
+.PHONY: setup run test lock download bench clean
+setup:            ## create .venv with the locked dependency tree (idempotent)
+	@bash scripts/setup.sh
+
+run: setup        ## run the whole pipeline on the default data
+	@$(PY) -m pipeline run $(ARGS)
+
+test: setup       ## the test suite CI runs
+	@$(PY) -m pytest $(ARGS)
+
+lock:             ## regenerate requirements.lock from pyproject.toml
+	@bash scripts/setup.sh --lock
+
+download:         ## fetch canonical MNIST into the cache (needs internet)
+	@$(PY) -m components.download $(ARGS)
+
+clean:            ## remove pipeline outputs (keeps .venv)
+	rm -rf outputs

@@ -1,0 +1,1 @@
+"""ExampleGen for folders of MNIST-format IDX files."""

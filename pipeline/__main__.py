@@ -1,0 +1,53 @@
+"""`python -m pipeline run [--data-dir ...] [--epochs ...]`: the project's own command.
+
+Runs the whole DAG locally with progress per component, then prints a summary read back
+from ML Metadata. `python -m pipeline summary` prints the last run's summary again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from pipeline import logs
+
+logs.quiet()
+
+from pipeline import configs  # pylint: disable=g-import-not-at-top
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m pipeline', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  commands = parser.add_subparsers(dest='command', required=True)
+  configs.add_arguments(commands.add_parser('run', help='run the whole pipeline locally'))
+  configs.add_arguments(commands.add_parser('summary', help="print the last run's summary"))
+  args = parser.parse_args(argv)
+  try:
+    config = configs.load(args)
+  except ValueError as e:
+    parser.error(str(e))
+
+  from pipeline import local_runner, summary  # pylint: disable=g-import-not-at-top
+  if args.command == 'run':
+    logs.show_progress()
+    print(f'Pipeline {config.pipeline_name}: data {config.data_dir}, '
+          f'outputs {config.output_dir}, serving {config.model_serving_dir}', flush=True)
+    start = time.time()
+    failed = None
+    try:
+      local_runner.run(config)
+    except Exception as e:  # pylint: disable=broad-except
+      failed = e
+    print(f'\nWall time {time.time() - start:.0f} s', flush=True)
+  result = summary.last_run(str(config.metadata_path)) if config.metadata_path.exists() else None
+  print(result.format() if result else f'No runs recorded in {config.metadata_path}')
+  if args.command == 'run' and failed is not None:
+    print(f'\nPipeline FAILED: {type(failed).__name__}: {failed}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,169 @@
+"""The one typed configuration of the pipeline.
+
+Values come from, in rising precedence: the defaults below, `MNIST_*` environment
+variables (`MNIST_DATA_DIR`, `MNIST_EPOCHS`, ...), and command-line flags (`--data-dir`,
+`--epochs`, ...). Nothing else in the project reads the environment for these values:
+runners build a `PipelineConfig` here and hand it down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = 'MNIST_'
+SHARED_DATA_DIR = REPO_ROOT.parent / 'shared' / 'datasets' / 'mnist'
+DOWNLOAD_CACHE_DIR = Path.home() / '.cache' / 'mnist-tfx' / 'mnist'
+
+
+def default_data_dir() -> Path:
+  """The shared copy next to this checkout when present, else the download cache."""
+  return SHARED_DATA_DIR if SHARED_DATA_DIR.is_dir() else DOWNLOAD_CACHE_DIR
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+  """Hyperparameters handed to the Trainer's `run_fn` through `custom_config`."""
+  architecture: str = 'cnn'          # cnn | mlp
+  epochs: int = 3
+  batch_size: int = 128
+  learning_rate: float = 3e-3
+  lr_schedule: str = 'cosine'        # constant | exponential | cosine | onecycle | plateau
+  warmup_epochs: float = 0.5
+  optimizer: str = 'adam'            # adam | adamw
+  weight_decay: float = 1e-4         # adamw only
+  dropout: float = 0.25
+  batch_norm: bool = True
+  label_smoothing: float = 0.0
+  augment: bool = False              # random shifts/rotations/zoom, training only
+  early_stopping_patience: int = 0   # epochs without eval improvement; 0 disables
+  distribution: str = 'auto'         # auto (mirrored over GPUs, else default) | mirrored | default
+  mixed_precision: str = 'auto'      # auto (on with a GPU) | on | off
+  seed: int = 42
+
+  def __post_init__(self) -> None:
+    choices = {
+        'architecture': ('cnn', 'mlp'),
+        'lr_schedule': ('constant', 'exponential', 'cosine', 'onecycle', 'plateau'),
+        'optimizer': ('adam', 'adamw'),
+        'distribution': ('auto', 'mirrored', 'default'),
+        'mixed_precision': ('auto', 'on', 'off'),
+    }
+    for name, allowed in choices.items():
+      if getattr(self, name) not in allowed:
+        raise ValueError(f'{name}: expected one of {allowed}, found {getattr(self, name)!r}')
+    if self.epochs < 1 or self.batch_size < 1:
+      raise ValueError(f'epochs and batch_size must be >= 1, found {self.epochs}, '
+                       f'{self.batch_size}')
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+  """Where data comes from and goes to, how it is split, and what gates a push."""
+  pipeline_name: str = 'mnist'
+  model_name: str = 'mnist'
+  data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+  output_dir: Path = REPO_ROOT / 'outputs'
+  serving_dir: Optional[Path] = None   # default: <output_dir>/serving
+  eval_size: int = 5000                # held out from the training file, deterministic
+  limit_train: int = 0                 # 0 = the whole training file
+  limit_test: int = 0                  # 0 = the whole test file
+  accuracy_threshold: float = 0.99     # absolute lower bound on test accuracy
+  beam_workers: int = 0                # DirectRunner processes; 0 = one per core
+  enable_cache: bool = True
+  training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+
+  def __post_init__(self) -> None:
+    self.data_dir = Path(self.data_dir).expanduser().absolute()
+    self.output_dir = Path(self.output_dir).expanduser().absolute()
+    self.serving_dir = (Path(self.serving_dir).expanduser().absolute()
+                        if self.serving_dir else self.output_dir / 'serving')
+    if self.eval_size < 1:
+      raise ValueError(f'eval_size must be >= 1, found {self.eval_size}')
+    if self.limit_train and self.limit_train <= self.eval_size:
+      raise ValueError(f'limit_train ({self.limit_train}) must exceed eval_size '
+                       f'({self.eval_size}) so that the train split is not empty')
+
+  @property
+  def pipeline_root(self) -> Path:
+    return self.output_dir / 'pipelines' / self.pipeline_name
+
+  @property
+  def metadata_path(self) -> Path:
+    return self.output_dir / 'metadata' / self.pipeline_name / 'metadata.db'
+
+  @property
+  def model_serving_dir(self) -> Path:
+    """TF Serving's model base path: the Pusher writes `<this>/<version>/`."""
+    return self.serving_dir / self.model_name
+
+  def beam_pipeline_args(self) -> list[str]:
+    workers = self.beam_workers or os.cpu_count() or 1
+    return ['--direct_running_mode=multi_processing', f'--direct_num_workers={workers}']
+
+
+# ---------------------------------------------------------------------------
+# Overrides from the environment and the command line. Every field of both dataclasses
+# is a flag `--field-name` and an environment variable `MNIST_FIELD_NAME`.
+
+def _fields() -> list[tuple[type, dataclasses.Field]]:
+  return ([(PipelineConfig, f) for f in dataclasses.fields(PipelineConfig)
+           if f.name != 'training'] +
+          [(TrainingConfig, f) for f in dataclasses.fields(TrainingConfig)])
+
+
+def _parse_value(field: dataclasses.Field, text: str) -> Any:
+  kind = field.type if isinstance(field.type, str) else field.type.__name__
+  if kind == 'bool':
+    lowered = text.strip().lower()
+    if lowered not in ('1', '0', 'true', 'false', 'yes', 'no', 'on', 'off'):
+      raise ValueError(f'{field.name}: expected a boolean, found {text!r}')
+    return lowered in ('1', 'true', 'yes', 'on')
+  if kind == 'int':
+    return int(text)
+  if kind == 'float':
+    return float(text)
+  return text  # str and paths; paths are resolved in __post_init__
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  """Adds one `--flag` per config field; unset flags stay None so env/defaults apply."""
+  for owner, field in _fields():
+    parser.add_argument('--' + field.name.replace('_', '-'), dest=field.name,
+                        default=None, metavar=field.name.upper(),
+                        help=f'{owner.__name__}.{field.name} '
+                             f'(env {ENV_PREFIX}{field.name.upper()})')
+
+
+def load(args: Optional[argparse.Namespace] = None,
+         environ: Optional[Mapping[str, str]] = None,
+         **overrides: Any) -> PipelineConfig:
+  """Builds the config: defaults < environment < CLI flags < keyword overrides."""
+  environ = os.environ if environ is None else environ
+  values: dict[str, Any] = {}
+  for _, field in _fields():
+    text = environ.get(ENV_PREFIX + field.name.upper())
+    cli = getattr(args, field.name, None) if args is not None else None
+    if cli is not None:
+      text = cli
+    if text is not None:
+      try:
+        values[field.name] = _parse_value(field, str(text))
+      except ValueError as e:
+        raise ValueError(f'invalid value for {field.name}: {e}') from None
+  values.update(overrides)
+  training_names = {f.name for f in dataclasses.fields(TrainingConfig)}
+  training = TrainingConfig(**{k: v for k, v in values.items() if k in training_names})
+  return PipelineConfig(training=training,
+                        **{k: v for k, v in values.items() if k not in training_names})
+
+
+def parse(argv: Optional[Sequence[str]] = None, **overrides: Any) -> PipelineConfig:
+  """Config from a command line alone (used by runners that take no subcommand)."""
+  parser = argparse.ArgumentParser()
+  add_arguments(parser)
+  return load(parser.parse_args(argv), **overrides)

@@ -1,0 +1,37 @@
+"""Runs the pipeline with TFX's LocalDagRunner: Beam DirectRunner, SQLite ML Metadata.
+
+Also the `--pipeline_path` for TFX's CLI: `tfx pipeline create --engine local
+--pipeline_path pipeline/local_runner.py`, then `tfx run create --engine local
+--pipeline_name mnist`. The CLI runs this file as a script, so configuration then comes
+from `MNIST_*` environment variables (see pipeline/configs.py).
+"""
+
+import os
+import sys
+
+if __name__ == '__main__':  # run as a file by TFX's CLI: make the project importable
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from pipeline import logs
+  logs.quiet()
+
+from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
+
+from pipeline import configs, pipeline  # pylint: disable=g-import-not-at-top
+
+
+def build(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
+  config.metadata_path.parent.mkdir(parents=True, exist_ok=True)
+  return pipeline.create_pipeline(
+      config,
+      metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+          str(config.metadata_path)))
+
+
+def run(config: configs.PipelineConfig) -> None:
+  tfx.orchestration.LocalDagRunner().run(build(config))
+
+
+if __name__ == '__main__':
+  from pipeline import logs  # pylint: disable=g-import-not-at-top,reimported
+  logs.show_progress()
+  run(configs.parse())

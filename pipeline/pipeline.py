@@ -1,0 +1,129 @@
+"""`create_pipeline(config)`: the DAG's wiring, shared by the local and Kubeflow runners."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import List, Optional
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+from ml_metadata.proto import metadata_store_pb2
+
+from components.mnist_example_gen.component import MnistExampleGen
+from pipeline.configs import PipelineConfig
+from trainer import features
+
+PREPROCESSING_FN = 'trainer.preprocessing.preprocessing_fn'
+RUN_FN = 'trainer.run.run_fn'
+TRAINER_DIR = Path(__file__).resolve().parent.parent / 'trainer'
+
+# Component ids, in the order they run; summaries and tests read them back from MLMD.
+COMPONENT_IDS = ('MnistExampleGen', 'StatisticsGen', 'SchemaGen', 'ExampleValidator',
+                 'Transform', 'Trainer', 'LatestBlessedModelResolver', 'Evaluator',
+                 'Pusher')
+
+
+def user_code_fingerprint() -> str:
+  """Hash of the trainer modules: TFX caches by function name, so a code edit must
+  change an input to re-run Transform and Trainer."""
+  digest = hashlib.sha256()
+  for path in sorted(TRAINER_DIR.glob('*.py')):
+    digest.update(path.name.encode() + path.read_bytes())
+  return digest.hexdigest()[:16]
+
+
+def eval_config(accuracy_threshold: float) -> tfma.EvalConfig:
+  """Gate on test accuracy: an absolute bound, and no worse than the last blessed model."""
+  return tfma.EvalConfig(
+      model_specs=[tfma.ModelSpec(
+          signature_name=features.SERVING_TF_EXAMPLE,
+          label_key=features.LABEL_KEY,
+          prediction_key=features.CLASSIFY_SCORES_OUTPUT,
+          model_type=tfma.TF_GENERIC)],
+      slicing_specs=[tfma.SlicingSpec(),
+                     tfma.SlicingSpec(feature_keys=[features.LABEL_KEY])],
+      metrics_specs=[tfma.MetricsSpec(metrics=[
+          tfma.MetricConfig(class_name='ExampleCount'),
+          tfma.MetricConfig(
+              class_name='SparseCategoricalAccuracy',
+              threshold=tfma.MetricThreshold(
+                  value_threshold=tfma.GenericValueThreshold(
+                      lower_bound={'value': accuracy_threshold}),
+                  change_threshold=tfma.GenericChangeThreshold(
+                      direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                      absolute={'value': -1e-10}))),
+      ])])
+
+
+def create_pipeline(
+    config: PipelineConfig,
+    pipeline_root: Optional[str] = None,
+    data_dir: Optional[str] = None,
+    serving_dir: Optional[str] = None,
+    metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
+    beam_pipeline_args: Optional[List[str]] = None,
+) -> tfx.dsl.Pipeline:
+  """The whole DAG. Paths default to the config's local folders; Kubeflow passes its own."""
+  example_gen = MnistExampleGen(
+      data_dir=data_dir or str(config.data_dir), eval_size=config.eval_size,
+      limit_train=config.limit_train, limit_test=config.limit_test)
+
+  statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs['examples'])
+
+  schema_gen = tfx.components.SchemaGen(
+      statistics=statistics_gen.outputs['statistics'], infer_feature_shape=True)
+
+  example_validator = tfx.components.ExampleValidator(
+      statistics=statistics_gen.outputs['statistics'], schema=schema_gen.outputs['schema'])
+
+  fingerprint = user_code_fingerprint()
+  transform = tfx.components.Transform(
+      examples=example_gen.outputs['examples'],
+      schema=schema_gen.outputs['schema'],
+      preprocessing_fn=PREPROCESSING_FN,
+      splits_config=tfx.proto.SplitsConfig(
+          analyze=[features.TRAIN_SPLIT],
+          transform=[features.TRAIN_SPLIT, features.EVAL_SPLIT]),
+      custom_config={'code_fingerprint': fingerprint})
+
+  trainer = tfx.components.Trainer(
+      run_fn=RUN_FN,
+      examples=transform.outputs['transformed_examples'],
+      transform_graph=transform.outputs['transform_graph'],
+      schema=schema_gen.outputs['schema'],
+      train_args=tfx.proto.TrainArgs(splits=[features.TRAIN_SPLIT]),
+      eval_args=tfx.proto.EvalArgs(splits=[features.EVAL_SPLIT]),
+      custom_config={'training': dataclasses.asdict(config.training),
+                     'code_fingerprint': fingerprint})
+
+  model_resolver = tfx.dsl.Resolver(
+      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+      model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+  ).with_id('LatestBlessedModelResolver')
+
+  evaluator = tfx.components.Evaluator(
+      examples=example_gen.outputs['examples'],
+      example_splits=[features.TEST_SPLIT],
+      model=trainer.outputs['model'],
+      baseline_model=model_resolver.outputs['model'],
+      eval_config=eval_config(config.accuracy_threshold))
+
+  pusher = tfx.components.Pusher(
+      model=trainer.outputs['model'],
+      model_blessing=evaluator.outputs['blessing'],
+      push_destination=tfx.proto.PushDestination(
+          filesystem=tfx.proto.PushDestination.Filesystem(
+              base_directory=serving_dir or str(config.model_serving_dir))))
+
+  return tfx.dsl.Pipeline(
+      pipeline_name=config.pipeline_name,
+      pipeline_root=pipeline_root or str(config.pipeline_root),
+      components=[example_gen, statistics_gen, schema_gen, example_validator, transform,
+                  trainer, model_resolver, evaluator, pusher],
+      enable_cache=config.enable_cache,
+      metadata_connection_config=metadata_connection_config,
+      beam_pipeline_args=(beam_pipeline_args if beam_pipeline_args is not None
+                          else config.beam_pipeline_args()))

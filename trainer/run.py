@@ -1,0 +1,68 @@
+"""The Trainer's `run_fn`: read Transform's output, train, export the serving model."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from absl import logging
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+from tfx.components.trainer.fn_args_utils import FnArgs
+
+from pipeline.configs import TrainingConfig
+from trainer import data, distribution, export, model, schedules
+
+ACCURACY_METRIC = 'accuracy'
+
+
+def compile_model(cfg: TrainingConfig, steps_per_epoch: int) -> keras.Model:
+  net = model.build_model(cfg)
+  net.compile(
+      optimizer=schedules.make_optimizer(cfg, steps_per_epoch),
+      loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+      metrics=[keras.metrics.CategoricalAccuracy(name=ACCURACY_METRIC)])
+  return net
+
+
+def callbacks(cfg: TrainingConfig, log_dir: str) -> list:
+  result = [schedules.LearningRateLogger()]
+  if cfg.lr_schedule == 'plateau':
+    result.append(keras.callbacks.ReduceLROnPlateau(monitor='val_loss', factor=0.5,
+                                                    patience=1, min_lr=1e-6))
+  if cfg.early_stopping_patience:
+    result.append(keras.callbacks.EarlyStopping(
+        monitor=f'val_{ACCURACY_METRIC}', mode='max',
+        patience=cfg.early_stopping_patience, restore_best_weights=True))
+  result.append(keras.callbacks.TensorBoard(log_dir=log_dir, update_freq='epoch'))
+  return result
+
+
+def train(cfg: TrainingConfig, train_arrays: data.Arrays, eval_arrays: data.Arrays,
+          log_dir: str) -> keras.Model:
+  """Trains under the chosen strategy; shared by `run_fn` and the benchmarks."""
+  keras.utils.set_random_seed(cfg.seed)
+  strategy = distribution.configure(cfg)
+  batch_size = cfg.batch_size * strategy.num_replicas_in_sync
+  steps_per_epoch = math.ceil(len(train_arrays.labels) / batch_size)
+  with strategy.scope():
+    net = compile_model(cfg, steps_per_epoch)
+  net.fit(data.make_dataset(train_arrays, batch_size, training=True, seed=cfg.seed),
+          validation_data=data.make_dataset(eval_arrays, batch_size, training=False,
+                                            seed=cfg.seed),
+          epochs=cfg.epochs, callbacks=callbacks(cfg, log_dir), verbose=2)
+  return net
+
+
+def run_fn(fn_args: FnArgs) -> None:
+  cfg = TrainingConfig(**fn_args.custom_config['training'])
+  tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+  train_arrays = data.read_transformed(fn_args.train_files, fn_args.data_accessor,
+                                       tf_transform_output)
+  eval_arrays = data.read_transformed(fn_args.eval_files, fn_args.data_accessor,
+                                      tf_transform_output)
+  logging.info('Trainer: %d train and %d eval examples, config %s',
+               len(train_arrays.labels), len(eval_arrays.labels), cfg)
+  net = train(cfg, train_arrays, eval_arrays, fn_args.model_run_dir)
+  export.export_serving_model(net, tf_transform_output, fn_args.serving_model_dir)
