@@ -1,0 +1,237 @@
+"""One loaded model version and the three ways to run it: predict, classify, regress.
+
+Both front ends (REST and gRPC) hand this module numpy arrays and get numpy arrays back,
+so input checking and TF Serving's signature rules live here once. A `Servable` is never
+mutated after loading, which is what lets a hot swap replace it under in-flight requests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2
+
+from serving.errors import ServingError, invalid
+from trainer import features
+
+log = logging.getLogger(__name__)
+
+SAVED_MODEL_FILE = 'saved_model.pb'
+SERVE_TAG = tf.saved_model.SERVING
+DEFAULT_SIGNATURE = features.SERVING_DEFAULT
+CLASSIFY_METHOD = features.CLASSIFY_METHOD_NAME
+REGRESS_METHOD = tf.saved_model.REGRESS_METHOD_NAME
+CLASSIFY_CLASSES = features.CLASSIFY_CLASSES_OUTPUT
+CLASSIFY_SCORES = features.CLASSIFY_SCORES_OUTPUT
+REGRESS_OUTPUTS = tf.saved_model.REGRESS_OUTPUTS
+
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+  """dtype and shape of a signature input or output (None dims are free)."""
+  dtype: tf.DType
+  shape: Optional[Tuple[Optional[int], ...]]   # None: unknown rank
+
+  @classmethod
+  def from_proto(cls, info: meta_graph_pb2.TensorInfo) -> 'TensorInfo':
+    shape = None
+    if not info.tensor_shape.unknown_rank:
+      shape = tuple(None if d.size < 0 else d.size for d in info.tensor_shape.dim)
+    return cls(tf.dtypes.as_dtype(info.dtype), shape)
+
+  @property
+  def is_string(self) -> bool:
+    return self.dtype == tf.string
+
+  @property
+  def numpy_dtype(self) -> np.dtype:
+    return np.dtype(object) if self.is_string else np.dtype(self.dtype.as_numpy_dtype)
+
+  def shape_text(self) -> str:
+    return '[?]' if self.shape is None else '[' + ','.join(
+        '-1' if d is None else str(d) for d in self.shape) + ']'
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+  name: str
+  method_name: str
+  inputs: Mapping[str, TensorInfo]
+  outputs: Mapping[str, TensorInfo]
+  fn: Callable[..., Mapping[str, tf.Tensor]]
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+  if dtype.kind in 'OSU':
+    return 'DT_STRING'
+  return 'DT_' + tf.dtypes.as_dtype(dtype).name.upper()
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+  return '[' + ','.join(str(d) for d in shape) + ']'
+
+
+def _check_input(name: str, value: np.ndarray, info: TensorInfo, max_batch: int) -> None:
+  expected_kind = 'OSU' if info.is_string else None
+  if (expected_kind and value.dtype.kind not in expected_kind) or (
+      not expected_kind and value.dtype != info.numpy_dtype):
+    raise invalid(f'Input "{name}" expects {_dtype_name(info.numpy_dtype)} but '
+                  f'{_dtype_name(value.dtype)} was provided')
+  if info.shape is not None:
+    compatible = value.ndim == len(info.shape) and all(
+        want is None or want == got for want, got in zip(info.shape, value.shape))
+    if not compatible:
+      raise invalid(f'Input "{name}" has shape {_shape_text(value.shape)} but the signature '
+                    f'expects {info.shape_text()} (-1: any size)')
+  if value.ndim and value.shape[0] > max_batch:
+    raise invalid(f'Batch size {value.shape[0]} of input "{name}" exceeds the server\'s '
+                  f'maximum batch size of {max_batch}')
+
+
+def _op_error_text(message: str) -> str:
+  """The cause of a TensorFlow op error, without the eager runtime's node-trace lines."""
+  noise = ('Graph execution error', 'Detected at node', '<stack traces unavailable>')
+  lines = [line.strip() for line in message.splitlines()
+           if line.strip() and not line.strip().startswith(noise) and '[[{{node' not in line]
+  return ' '.join(lines) or message
+
+
+class Servable:
+  """A loaded SavedModel version: its SignatureDefs (for metadata) and callable signatures."""
+
+  def __init__(self, name: str, version: int, path: Path, meta_graph: meta_graph_pb2.MetaGraphDef,
+               signatures: Mapping[str, Signature], max_batch_size: int, keepalive: object = None):
+    self.name = name
+    self.version = version
+    self.path = path
+    self.signatures = dict(signatures)
+    self.max_batch_size = max_batch_size
+    self.signature_def_map = get_model_metadata_pb2.SignatureDefMap()
+    for key, sig_def in meta_graph.signature_def.items():
+      self.signature_def_map.signature_def[key].CopyFrom(sig_def)
+    self._keepalive = keepalive  # the loaded object owns the variables the functions use
+
+  @classmethod
+  def load(cls, name: str, version: int, path: Path, max_batch_size: int) -> 'Servable':
+    """Loads and warms up one version; raises on anything incomplete or unreadable."""
+    start = time.monotonic()
+    saved_model = saved_model_pb2.SavedModel.FromString((Path(path) / SAVED_MODEL_FILE).read_bytes())
+    meta_graphs = [m for m in saved_model.meta_graphs if SERVE_TAG in m.meta_info_def.tags]
+    if not meta_graphs:
+      raise ValueError(f'{path}: no MetaGraph tagged {SERVE_TAG!r}')
+    meta_graph = meta_graphs[0]
+    loaded = tf.saved_model.load(str(path), tags=[SERVE_TAG])
+    signatures = {}
+    for key, fn in loaded.signatures.items():
+      sig_def = meta_graph.signature_def[key]
+      signatures[key] = Signature(
+          key, sig_def.method_name,
+          {k: TensorInfo.from_proto(v) for k, v in sig_def.inputs.items()},
+          {k: TensorInfo.from_proto(v) for k, v in sig_def.outputs.items()}, fn)
+    servable = cls(name, version, Path(path), meta_graph, signatures, max_batch_size, loaded)
+    servable.warm_up()
+    log.info('Loaded %s version %d from %s in %.1fs (signatures: %s)', name, version, path,
+             time.monotonic() - start, ', '.join(sorted(signatures)))
+    return servable
+
+  def warm_up(self) -> None:
+    """Runs each numeric signature once, so the first real request pays no graph set-up."""
+    for sig in self.signatures.values():
+      if any(info.is_string or info.shape is None for info in sig.inputs.values()):
+        continue
+      dummy = {k: np.zeros([1 if d is None else d for d in info.shape], info.numpy_dtype)
+               for k, info in sig.inputs.items()}
+      try:
+        sig.fn(**{k: tf.constant(v) for k, v in dummy.items()})
+      except Exception as e:  # pylint: disable=broad-except
+        log.warning('Warm-up of %s version %d signature %s failed: %s', self.name,
+                    self.version, sig.name, e)
+
+  def signature(self, name: str) -> Signature:
+    key = name or DEFAULT_SIGNATURE
+    if key not in self.signatures:
+      raise invalid(f'Serving signature name: "{key}" not found in signature def')
+    return self.signatures[key]
+
+  def _run(self, sig: Signature, inputs: Mapping[str, np.ndarray]) -> Dict[str, tf.Tensor]:
+    try:
+      return sig.fn(**{k: tf.constant(v) for k, v in inputs.items()})
+    except tf.errors.OpError as e:
+      raise ServingError(_GRPC_CODES.get(e.error_code, grpc.StatusCode.INTERNAL),
+                         _op_error_text(e.message)) from None
+
+  def predict(self, signature_name: str, inputs: Mapping[str, np.ndarray],
+              output_filter: Iterable[str] = ()) -> Dict[str, np.ndarray]:
+    sig = self.signature(signature_name)
+    if set(inputs) != set(sig.inputs):
+      sent, want = set(inputs), set(sig.inputs)
+      raise invalid(
+          f'input size does not match signature: {len(sent)}!={len(want)} '
+          f'len({{{",".join(sorted(sent))}}}) != len({{{",".join(sorted(want))}}}). '
+          f'Sent extra: {{{",".join(sorted(sent - want))}}}. '
+          f'Missing but required: {{{",".join(sorted(want - sent))}}}.')
+    for key, value in inputs.items():
+      _check_input(key, value, sig.inputs[key], self.max_batch_size)
+    wanted = list(output_filter) or list(sig.outputs)
+    unknown = [k for k in wanted if k not in sig.outputs]
+    if unknown:
+      raise invalid(f'output tensor alias not found in signature: {unknown[0]} Outputs '
+                    f'expected to be in the set {{{",".join(sorted(sig.outputs))}}}.')
+    outputs = self._run(sig, inputs)
+    return {k: outputs[k].numpy() for k in wanted}
+
+  def _run_examples(self, signature_name: str, method: str, kind: str,
+                    serialized: List[bytes]) -> Tuple[Signature, Dict[str, tf.Tensor]]:
+    sig = self.signature(signature_name)
+    if sig.method_name != method:
+      others = sorted(k for k, s in self.signatures.items() if s.method_name == method)
+      hint = f' (signatures of this model with that method: {", ".join(others)})' if others else ''
+      raise invalid(f'Expected {kind} signature method_name to be {method}. Was: '
+                    f'{sig.method_name}{hint}')
+    if len(sig.inputs) != 1 or not next(iter(sig.inputs.values())).is_string:
+      raise invalid('Expected one input Tensor of serialized tf.Examples.')
+    if not serialized:
+      raise invalid('Invalid argument: Input is empty.')
+    if len(serialized) > self.max_batch_size:
+      raise invalid(f'Batch size {len(serialized)} exceeds the server\'s maximum batch size '
+                    f'of {self.max_batch_size}')
+    examples = np.array(serialized, dtype=object)
+    return sig, self._run(sig, {next(iter(sig.inputs)): examples})
+
+  def classify(self, signature_name: str, serialized: List[bytes]
+               ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """Returns (classes [n, k] bytes or None, scores [n, k] float or None)."""
+    sig, out = self._run_examples(signature_name, CLASSIFY_METHOD, 'classification',
+                                  serialized)
+    if CLASSIFY_CLASSES not in sig.outputs and CLASSIFY_SCORES not in sig.outputs:
+      raise invalid(f'Expected classification signature outputs to contain '
+                    f'{CLASSIFY_CLASSES} or {CLASSIFY_SCORES}.')
+    classes = out[CLASSIFY_CLASSES].numpy() if CLASSIFY_CLASSES in out else None
+    scores = out[CLASSIFY_SCORES].numpy() if CLASSIFY_SCORES in out else None
+    for value in (classes, scores):
+      if value is not None and (value.ndim != 2 or value.shape[0] != len(serialized)):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f'Expected classification output of shape [batch, classes], '
+                           f'got {_shape_text(value.shape)}')
+    return classes, scores
+
+  def regress(self, signature_name: str, serialized: List[bytes]) -> np.ndarray:
+    """Returns one float per example."""
+    sig, out = self._run_examples(signature_name, REGRESS_METHOD, 'regression', serialized)
+    if REGRESS_OUTPUTS not in sig.outputs:
+      raise invalid(f'No output tensor named "{REGRESS_OUTPUTS}" in the regression signature')
+    values = out[REGRESS_OUTPUTS].numpy()
+    if values.shape not in ((len(serialized),), (len(serialized), 1)):
+      raise invalid(f'Expected regression output of shape [batch] or [batch, 1], got '
+                    f'{_shape_text(values.shape)}')
+    return values.reshape(-1)

@@ -1,0 +1,84 @@
+"""Runs the model manager, the gRPC server and the REST server in one process.
+
+Start-up follows TF Serving: versions already on disk are loaded before the ports open,
+so a readiness probe on the status endpoint only passes once the model can answer.
+SIGTERM / SIGINT stop the servers gracefully (in-flight requests finish).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+from typing import Optional
+
+from aiohttp import web
+
+from serving import grpc_service, rest
+from serving.config import ModelConfigWatcher, ServerConfig
+from serving.models import ModelManager
+from serving.servable import Servable
+
+log = logging.getLogger(__name__)
+
+
+def make_manager(config: ServerConfig) -> ModelManager:
+  watcher = ModelConfigWatcher(config.model_config_file, config.model_name)
+  return ModelManager(
+      config.model_name, config.base_path, watcher.current,
+      lambda name, version, path: Servable.load(name, version, path, config.max_batch_size))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+  family = socket.AF_INET6 if ':' in host else socket.AF_INET
+  sock = socket.socket(family, socket.SOCK_STREAM)
+  sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+  sock.bind((host, port))
+  sock.listen(512)
+  sock.setblocking(False)
+  return sock
+
+
+def _write_ready_file(path: Optional[Path], rest_port: int, grpc_port: int) -> None:
+  if not path:
+    return
+  tmp = Path(f'{path}.tmp')
+  tmp.write_text(json.dumps({'rest_port': rest_port, 'grpc_port': grpc_port,
+                             'pid': os.getpid()}))
+  tmp.replace(path)  # atomic: readers never see half a file
+
+
+async def serve(config: ServerConfig) -> None:
+  manager = make_manager(config)
+  log.info('Model %s: base path %s', config.model_name, config.base_path)
+  await asyncio.get_running_loop().run_in_executor(None, lambda: manager.poll_once(startup=True))
+  if not manager.snapshot.servables:
+    log.warning('No loadable version of %s under %s yet; waiting for one', config.model_name,
+                config.base_path)
+  grpc_server, grpc_port = grpc_service.start_server(
+      manager, config.host, config.grpc_port, config.max_body_bytes, config.inference_threads * 2)
+  api = rest.RestApi(manager, config.max_body_bytes, config.inference_threads)
+  runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+  await runner.setup()
+  sock = _bind(config.host, config.rest_port)
+  await web.SockSite(runner, sock).start()
+  rest_port = sock.getsockname()[1]
+  manager.start_polling(config.poll_seconds)
+  log.info('Serving %s: REST on http://%s:%d, gRPC on %s:%d', config.model_name, config.host,
+           rest_port, config.host, grpc_port)
+  _write_ready_file(config.ready_file, rest_port, grpc_port)
+
+  stop = asyncio.Event()
+  loop = asyncio.get_running_loop()
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    loop.add_signal_handler(sig, stop.set)
+  await stop.wait()
+  log.info('Shutting down')
+  manager.stop()
+  grpc_done = grpc_server.stop(grace=5)
+  await runner.cleanup()
+  await loop.run_in_executor(None, grpc_done.wait)

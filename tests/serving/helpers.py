@@ -1,0 +1,28 @@
+"""Plain HTTP calls for the tests: status code and decoded JSON, errors included."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.parse
+from typing import Any, Optional, Tuple
+
+
+def call(url: str, body: Any = None, method: Optional[str] = None,
+         raw: Optional[bytes] = None, headers: Optional[dict] = None) -> Tuple[int, Any]:
+  """One request on a fresh connection; returns (status, parsed JSON body or text)."""
+  parts = urllib.parse.urlsplit(url)
+  data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+  method = method or ('GET' if data is None else 'POST')
+  connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+  try:
+    connection.request(method, parts.path + (f'?{parts.query}' if parts.query else ''),
+                       body=data, headers=headers or {'Content-Type': 'application/json'})
+    response = connection.getresponse()
+    text = response.read()
+  finally:
+    connection.close()
+  try:
+    return response.status, json.loads(text)
+  except ValueError:
+    return response.status, text.decode(errors='replace')
