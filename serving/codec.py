@@ -150,7 +150,8 @@ def to_array(value: Any, dtype: np.dtype, name: str) -> np.ndarray:
     info = np.iinfo(dtype)
     if array.size and (array.min() < info.min or array.max() > info.max):
       raise invalid(f'Input "{name}": value out of range for {dtype.name}')
-  converted = array.astype(dtype)
+  with np.errstate(over='ignore'):
+    converted = array.astype(dtype)
   if dtype.kind == 'f' and array.dtype.kind == 'f':
     overflow = np.isinf(converted) & np.isfinite(array)
     if overflow.any():

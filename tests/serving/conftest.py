@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from components import idx
+from pipeline import configs
 from serving import process
 
-MNIST_DIR = Path('/work/shared/datasets/mnist')
+MNIST_DIR = configs.SHARED_DATA_DIR
 CONFIG_FILE = Path(__file__).resolve().parents[2] / 'serving' / 'models.config'
 MODEL_NAME = 'mnist'
 MAX_BATCH = 100
