@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = 'MNIST_'
 SHARED_DATA_DIR = REPO_ROOT.parent / 'shared' / 'datasets' / 'mnist'
-DOWNLOAD_CACHE_DIR = Path.home() / '.cache' / 'mnist-tfx' / 'mnist'
+DOWNLOAD_CACHE_DIR = Path.home() / '.cache' / 'mnist-tfx' / 'mnist'  # components.download's default
 
 
 def default_data_dir() -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import warnings
 
 # Set before TensorFlow is imported; Beam workers inherit them through the environment.
@@ -20,13 +21,16 @@ QUIET_ENV = {
 }
 # INFO lines worth keeping: per-component progress and the project's own messages.
 KEEP_INFO = re.compile(r'^(Component \S+ is (running|finished)|A cached execution|'
-                       r'MNIST ExampleGen|Trainer:)')
+                       r'MNIST ExampleGen|Trainer:|'
+                       r'Epoch \d+/\d+|\d+/\d+ - )')  # Keras's per-epoch lines
 NOISY_LOGGERS = ('apache_beam', 'tensorflow', 'tfx', 'ml_metadata', 'tensorflow_transform',
                  'tensorflow_model_analysis', 'tensorflow_data_validation', 'h5py', 'root')
 KNOWN_NOISY_WARNINGS = (
     r'.*is deprecated.*', r'.*Tensorflow version .* is not supported.*',
     r'.*Please use .* instead.*', r'.*apply_shuffle_transform.*',
     r'.*Beam worker.*', r'.*Skipping import of.*', r'ArtifactQuery.property_predicate',
+    r'.*does not have payload_format custom property',
+    r'Worker: .*(No semi_persistent_directory|Discarding unparseable args|python-snappy)',
 )
 
 
@@ -37,10 +41,17 @@ class _ProgressFilter(logging.Filter):
     return bool(KEEP_INFO.match(record.getMessage()))
 
 
+def _ignore_tf_teardown_errors(unraisable) -> None:
+  """TF's AtomicFunction.__del__ raises harmlessly while objects are collected."""
+  if 'AtomicFunction.__del__' not in repr(unraisable.object):
+    sys.__unraisablehook__(unraisable)
+
+
 def quiet() -> None:
   """Call first thing in a command, before TensorFlow or TFX is imported."""
   for key, value in QUIET_ENV.items():
     os.environ.setdefault(key, value)
+  sys.unraisablehook = _ignore_tf_teardown_errors
   warnings.filterwarnings('ignore', category=DeprecationWarning)
   warnings.filterwarnings('ignore', category=FutureWarning)
   warnings.filterwarnings('ignore', category=UserWarning, module='tensorflow_transform')

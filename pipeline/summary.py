@@ -79,10 +79,11 @@ def read_test_accuracy(evaluation_uri: str) -> Optional[float]:
   return None
 
 
-def last_run(metadata_path: str) -> Optional[RunSummary]:
-  """The newest pipeline run in the store, with per-component state and time."""
+def last_run(metadata_path: str, run_id: Optional[str] = None) -> Optional[RunSummary]:
+  """A pipeline run (the newest unless `run_id` names one), per-component state and time."""
   store = _store(metadata_path)
-  runs = store.get_contexts_by_type(PIPELINE_RUN_CONTEXT)
+  runs = [c for c in store.get_contexts_by_type(PIPELINE_RUN_CONTEXT)
+          if run_id is None or c.name == run_id]
   if not runs:
     return None
   run = max(runs, key=lambda c: c.create_time_since_epoch)
@@ -91,9 +92,8 @@ def last_run(metadata_path: str) -> Optional[RunSummary]:
   node_of: Dict[int, str] = {}
   for execution in executions:
     for context in store.get_contexts_by_execution(execution.id):
-      if context.type == NODE_CONTEXT or store.get_context_types_by_id(
-          [context.type_id])[0].name == NODE_CONTEXT:
-        node_of[execution.id] = context.name.split('.')[-1]
+      if context.type == NODE_CONTEXT:  # named '<pipeline>.<component id>'
+        node_of[execution.id] = context.name.split('.', 1)[-1]
   summary = RunSummary(run_id=run.name, components=[])
   for execution in executions:
     seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1e3

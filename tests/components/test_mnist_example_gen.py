@@ -1,0 +1,80 @@
+"""The ExampleGen executor on real Beam over a generated IDX folder."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx.dsl.components.base.base_beam_executor import BaseBeamExecutor
+from tfx.proto import example_gen_pb2
+from tfx.types import standard_artifacts
+from tfx.utils import proto_utils
+
+from components import idx
+from components.mnist_example_gen import component, executor
+from trainer import features
+
+
+def _run_executor(data_dir: Path, out_dir: Path, eval_size=50, limit_train=0, limit_test=0):
+  examples = standard_artifacts.Examples()
+  examples.uri = str(out_dir)
+  exec_properties = {
+      'input_base': str(data_dir),
+      'input_config': proto_utils.proto_to_json(component.input_config()),
+      'output_config': proto_utils.proto_to_json(example_gen_pb2.Output()),
+      'output_data_format': example_gen_pb2.FORMAT_TF_EXAMPLE,
+      'output_file_format': example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+      executor.EVAL_SIZE_KEY: eval_size, executor.LIMIT_TRAIN_KEY: limit_train,
+      executor.LIMIT_TEST_KEY: limit_test, executor.SPLIT_SEED_KEY: 0,
+  }
+  context = BaseBeamExecutor.Context(beam_pipeline_args=['--direct_num_workers=1'])
+  executor.Executor(context).Do({}, {'examples': [examples]}, exec_properties)
+  return examples
+
+
+def _read_split(out_dir: Path, split: str):
+  files = tf.io.gfile.glob(str(out_dir / f'Split-{split}' / '*.gz'))
+  images, labels = [], []
+  for record in tf.data.TFRecordDataset(files, compression_type='GZIP'):
+    example = tf.train.Example.FromString(record.numpy())
+    images.append(example.features.feature[features.IMAGE_KEY].int64_list.value)
+    labels.append(example.features.feature[features.LABEL_KEY].int64_list.value[0])
+  return np.array(images), np.array(labels)
+
+
+def test_splits_counts_and_round_trip(small_idx_dir, tmp_path):
+  examples = _run_executor(small_idx_dir, tmp_path / 'out', eval_size=50)
+  assert json.loads(examples.split_names) == ['train', 'eval', 'test']
+  counts = json.loads(examples.get_string_custom_property(executor.SPLIT_COUNTS_PROPERTY))
+  assert counts == {'train': 250, 'eval': 50, 'test': 100}
+  assert examples.get_int_custom_property('num_examples_eval') == 50
+
+  source = idx.load_source(small_idx_dir, 'train')
+  held_out = set(idx.eval_indices(300, 50, seed=0).tolist())
+  for split, rows in (('train', [i for i in range(300) if i not in held_out]),
+                      ('eval', sorted(held_out))):
+    images, labels = _read_split(tmp_path / 'out', split)
+    assert images.shape == (len(rows), 784)
+    # Every example is one source row, pixels and label intact (order is Beam's).
+    expected = {source.images[i].tobytes(): source.labels[i] for i in rows}
+    got = {img.astype(np.uint8).tobytes(): lab for img, lab in zip(images, labels)}
+    assert got == expected
+  images, labels = _read_split(tmp_path / 'out', 'test')
+  assert images.shape == (100, 784) and images.min() >= 0 and images.max() <= 255
+  assert (images[:, 0] == labels).all()
+
+
+def test_limits(small_idx_dir, tmp_path):
+  examples = _run_executor(small_idx_dir, tmp_path / 'out', eval_size=20, limit_train=120,
+                           limit_test=30)
+  counts = json.loads(examples.get_string_custom_property(executor.SPLIT_COUNTS_PROPERTY))
+  assert counts == {'train': 100, 'eval': 20, 'test': 30}
+
+
+def test_bad_data_stops_the_component_naming_the_file(small_idx_dir, tmp_path):
+  bad = small_idx_dir / 't10k-labels-idx1-ubyte.gz'
+  idx.write_idx(bad, np.full(100, 11, np.uint8))
+  with pytest.raises(idx.IdxError, match=f'{bad}: expected labels 0-9, found 11'):
+    _run_executor(small_idx_dir, tmp_path / 'out')
+  assert not (tmp_path / 'out' / 'Split-train').exists()

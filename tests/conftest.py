@@ -1,0 +1,42 @@
+"""Shared fixtures: quiet TensorFlow, the shared MNIST copy, small generated IDX folders."""
+
+from pathlib import Path
+
+from pipeline import logs
+
+logs.quiet()
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+
+from components import idx  # pylint: disable=g-import-not-at-top
+from pipeline import configs  # pylint: disable=g-import-not-at-top
+
+
+@pytest.fixture(scope='session')
+def mnist_dir() -> Path:
+  """The canonical MNIST files beside the checkout; tests never download."""
+  path = configs.SHARED_DATA_DIR
+  assert path.is_dir(), f'tests need the shared MNIST copy at {path}'
+  return path
+
+
+def write_idx_folder(folder: Path, num_train: int, num_test: int, seed: int = 0,
+                     gzipped: bool = True) -> Path:
+  """An MNIST-format folder of random images whose label is written into pixel 0."""
+  rng = np.random.default_rng(seed)
+  folder.mkdir(parents=True, exist_ok=True)
+  suffix = '.gz' if gzipped else ''
+  for source, count in (('train', num_train), ('test', num_test)):
+    images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=count, dtype=np.uint8)
+    images[:, 0, 0] = labels  # lets a test check each image kept its own label
+    images_stem, labels_stem = idx.SOURCE_FILES[source]
+    idx.write_idx(folder / (images_stem + suffix), images)
+    idx.write_idx(folder / (labels_stem + suffix), labels)
+  return folder
+
+
+@pytest.fixture
+def small_idx_dir(tmp_path: Path) -> Path:
+  return write_idx_folder(tmp_path / 'data', num_train=300, num_test=100)

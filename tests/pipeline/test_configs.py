@@ -1,0 +1,63 @@
+"""The one config: defaults < MNIST_* environment < command-line flags."""
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from pipeline import configs
+
+
+def _parse(argv, environ):
+  parser = argparse.ArgumentParser()
+  configs.add_arguments(parser)
+  return configs.load(parser.parse_args(argv), environ=environ)
+
+
+def test_defaults():
+  config = configs.load(environ={})
+  assert config.eval_size == 5000 and config.limit_train == 0
+  assert config.accuracy_threshold == 0.99
+  assert config.training.architecture == 'cnn' and config.training.optimizer == 'adam'
+  assert config.serving_dir == config.output_dir / 'serving'
+  assert config.model_serving_dir == config.serving_dir / 'mnist'
+  assert config.metadata_path.name == 'metadata.db'
+  assert config.data_dir == configs.default_data_dir()
+
+
+def test_environment_then_flags_override(tmp_path):
+  environ = {'MNIST_EPOCHS': '7', 'MNIST_DATA_DIR': str(tmp_path), 'MNIST_AUGMENT': 'true',
+             'MNIST_LEARNING_RATE': '0.5', 'MNIST_SERVING_DIR': str(tmp_path / 's')}
+  config = _parse([], environ)
+  assert config.training.epochs == 7 and config.training.augment is True
+  assert config.training.learning_rate == 0.5 and config.data_dir == tmp_path
+  assert config.serving_dir == tmp_path / 's'
+  config = _parse(['--epochs', '2', '--limit-train', '900', '--eval-size', '100',
+                   '--augment', 'no'], environ)
+  assert config.training.epochs == 2 and config.limit_train == 900
+  assert config.training.augment is False and config.eval_size == 100
+
+
+def test_bad_values_name_the_field():
+  with pytest.raises(ValueError, match='invalid value for epochs'):
+    configs.load(environ={'MNIST_EPOCHS': 'many'})
+  with pytest.raises(ValueError, match="augment: expected a boolean, found 'maybe'"):
+    configs.load(environ={'MNIST_AUGMENT': 'maybe'})
+  with pytest.raises(ValueError, match="lr_schedule: expected one of"):
+    configs.load(environ={'MNIST_LR_SCHEDULE': 'linear'})
+  with pytest.raises(ValueError, match=r'limit_train \(100\) must exceed eval_size \(5000\)'):
+    configs.load(environ={'MNIST_LIMIT_TRAIN': '100'})
+
+
+def test_beam_args_one_worker_per_core(monkeypatch):
+  monkeypatch.setattr(configs.os, 'cpu_count', lambda: 6)
+  assert configs.load(environ={}).beam_pipeline_args() == [
+      '--direct_running_mode=multi_processing', '--direct_num_workers=6']
+  assert '--direct_num_workers=1' in configs.load(environ={'MNIST_BEAM_WORKERS': '1'}
+                                                  ).beam_pipeline_args()
+
+
+def test_paths_are_absolute(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config = configs.load(environ={'MNIST_OUTPUT_DIR': 'out'})
+  assert config.output_dir == Path(tmp_path / 'out')
