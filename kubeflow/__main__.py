@@ -1,0 +1,127 @@
+"""`python -m kubeflow COMMAND`: the pipeline on Kubeflow Pipelines.
+
+  compile          build the DAG with pipeline.create_pipeline and write the KFP v2 spec
+  submit           one run of the compiled spec now
+  schedule         a recurring run: --cron "0 3 * * *" (max concurrency 1, no catch-up)
+  list-schedules   the recurring runs of the pipeline's experiment
+  unschedule       delete a recurring run by name or id
+
+Every command takes the pipeline's own flags (--epochs, --eval-size, ...; see
+pipeline/configs.py) and the Kubeflow ones (--image, --pipeline-root, --data-uri,
+--host, ...; see kubeflow/config.py), each also settable by environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import sys
+from typing import Optional, Sequence
+
+from pipeline import logs
+
+logs.quiet()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from kubeflow import config as kfp_configs
+from pipeline import configs
+
+LOCAL_ONLY_FLAGS = ('data_dir', 'output_dir', 'serving_dir')
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='python -m kubeflow', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  commands = parser.add_subparsers(dest='command', required=True)
+
+  def command(name: str, help_text: str) -> argparse.ArgumentParser:
+    sub = commands.add_parser(name, help=help_text)
+    configs.add_arguments(sub)
+    kfp_configs.add_arguments(sub)
+    return sub
+
+  compile_cmd = command('compile', 'write the KFP v2 pipeline spec (YAML)')
+  compile_cmd.add_argument('--output', help='where to write it (default: --spec-path)')
+
+  submit = command('submit', 'one run of the compiled spec now')
+  submit.add_argument('--run-name', help='default: <pipeline> <UTC time>')
+
+  schedule = command('schedule', 'a recurring run of the compiled spec')
+  schedule.add_argument('--cron', required=True,
+                        help='standard 5-field cron, e.g. "0 3 * * *" (03:00 daily, in the '
+                             "scheduler's time zone, UTC by default), or 6 with seconds")
+  schedule.add_argument('--name', help='the recurring run\'s name (default: <pipeline> '
+                                       'schedule <cron>)')
+  schedule.add_argument('--description', default='')
+  schedule.add_argument('--max-concurrency', type=int, default=1,
+                        help='runs of this schedule allowed at once (default 1)')
+  schedule.add_argument('--catchup', action='store_true',
+                        help='backfill intervals missed while paused (default: off)')
+
+  for sub in (submit, schedule):
+    sub.add_argument('--no-cache', action='store_true',
+                     help='run every task, ignoring cached results of earlier runs')
+
+  command('list-schedules', "list the recurring runs of the pipeline's experiment")
+  unschedule = command('unschedule', 'delete a recurring run')
+  unschedule.add_argument('name_or_id', help='its name or recurring run id')
+  return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = _parser()
+  args = parser.parse_args(argv)
+  local = [f'--{name.replace("_", "-")}' for name in LOCAL_ONLY_FLAGS
+           if getattr(args, name, None) is not None]
+  if local:
+    parser.error(f'{", ".join(local)}: local paths of the local runner; on Kubeflow use '
+                 f'--data-uri, --serving-uri and --pipeline-root')
+  try:
+    config = configs.load(args)
+    kfp = kfp_configs.load(args)
+  except ValueError as e:
+    parser.error(str(e))
+
+  from kubeflow import client  # pylint: disable=import-outside-toplevel
+  logging.getLogger('urllib3').setLevel(logging.ERROR)  # its retry warnings; errors say it
+  spec = kfp.spec_file(config.pipeline_name)
+  experiment = kfp.experiment_name(config.pipeline_name)
+  caching = False if getattr(args, 'no_cache', False) else None
+  try:
+    if args.command == 'compile':
+      from kubeflow import runner  # pylint: disable=import-outside-toplevel
+      path = runner.compile_pipeline(config, kfp, args.output or spec)
+      gpus = (f'{kfp.gpu_count} x {kfp.gpu_resource}' if kfp.gpu_count else 'no GPU')
+      print(f'Compiled {path}\n  image {kfp.image}; Trainer {kfp.trainer_image} with '
+            f'{gpus}\n  pipeline root {kfp.pipeline_root}\n  data {kfp.data_uri}\n  '
+            f'serving {runner.model_serving_uri(config, kfp)}/<version>/')
+    elif args.command == 'submit':
+      now = datetime.datetime.now(datetime.timezone.utc)
+      name = args.run_name or f'{config.pipeline_name} {now:%Y-%m-%d %H:%M:%S} UTC'
+      run = client.submit(kfp, spec, experiment, name, enable_caching=caching)
+      print(f'Submitted run {run.run_id} ({name!r}) in experiment {experiment!r}')
+    elif args.command == 'schedule':
+      name = args.name or f'{config.pipeline_name} schedule {args.cron}'
+      recurring = client.schedule(kfp, spec, experiment, name, args.cron,
+                                  max_concurrency=args.max_concurrency,
+                                  catchup=args.catchup, enable_caching=caching,
+                                  description=args.description)
+      print(f'Scheduled {recurring.recurring_run_id} ({name!r}): cron '
+            f'"{client.kfp_cron(args.cron)}", max concurrency {args.max_concurrency}, '
+            f'catch-up {"on" if args.catchup else "off"}, experiment {experiment!r}')
+    elif args.command == 'list-schedules':
+      schedules = client.list_schedules(kfp, experiment)
+      print('\n'.join(s.format() for s in schedules) if schedules
+            else f'No recurring runs in experiment {experiment!r}')
+    elif args.command == 'unschedule':
+      removed = client.unschedule(kfp, experiment, args.name_or_id)
+      print(f'Deleted recurring run {", ".join(removed)}')
+  except (client.KubeflowError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,228 @@
+"""Runs of the compiled pipeline on a Kubeflow Pipelines cluster, through `kfp.Client`.
+
+One run now (`submit`), a recurring run (`schedule`), and listing and removing recurring
+runs. The requests are the KFP v2beta1 REST API calls that the installed kfp client
+makes; this module adds what a command line needs around them: errors that say what
+went wrong and where (unreachable host, missing spec, the server's own message), a
+timeout on every request, and standard 5-field cron expressions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from typing import Any, List, Optional
+
+from kubeflow.config import KubeflowConfig
+
+MAX_CONCURRENCY = 1
+COMPILE_HINT = 'run `python -m kubeflow compile` first'
+
+
+class KubeflowError(RuntimeError):
+  """A request to Kubeflow Pipelines failed; the message is meant for the user."""
+
+
+@dataclasses.dataclass
+class Schedule:
+  """A recurring run, as `list-schedules` prints it."""
+  recurring_run_id: str
+  name: str
+  status: str
+  cron: str
+  max_concurrency: str
+  no_catchup: bool
+  created_at: str
+
+  def format(self) -> str:
+    catchup = 'off' if self.no_catchup else 'on'
+    return (f'{self.recurring_run_id}  {self.name!r}  {self.status}  cron "{self.cron}"  '
+            f'max concurrency {self.max_concurrency}  catch-up {catchup}  '
+            f'created {self.created_at}')
+
+
+def kfp_cron(expression: str) -> str:
+  """KFP's scheduler reads cron with a leading seconds field (robfig/cron `Parse`), so a
+  standard 5-field "0 3 * * *" would mean minute 3 of every hour; this adds "0 "."""
+  fields = expression.split()
+  if len(fields) == 5:
+    return ' '.join(['0'] + fields)
+  if len(fields) == 6 or (len(fields) == 1 and fields[0].startswith('@')):
+    return ' '.join(fields)
+  raise KubeflowError(f'cron: expected 5 fields (minute hour day-of-month month '
+                      f'day-of-week, e.g. "0 3 * * *") or 6 with leading seconds, found '
+                      f'{expression!r}')
+
+
+def check_spec(path: str) -> str:
+  if not os.path.isfile(path):
+    raise KubeflowError(f'pipeline spec not found: {path} ({COMPILE_HINT}, or pass --spec-path)')
+  return path
+
+
+def _describe(error: Exception, host: str) -> KubeflowError:
+  """Turns kfp/urllib3 exceptions into one line that says what happened and where."""
+  import kfp_server_api  # pylint: disable=import-outside-toplevel
+  import urllib3  # pylint: disable=import-outside-toplevel
+  where = host or 'the default endpoint (KF_PIPELINES_ENDPOINT, in-cluster or kubeconfig)'
+  if isinstance(error, kfp_server_api.ApiException):
+    detail = (error.body or '').strip()
+    try:
+      body = json.loads(detail)
+      detail = body.get('message') or body.get('error') or detail
+    except (ValueError, AttributeError):
+      pass
+    if error.status in (401, 403):
+      hint = ' (check --token/--cookies/--client-id, or --namespace on multi-user Kubeflow)'
+    else:
+      hint = ''
+    return KubeflowError(f'Kubeflow Pipelines at {where} answered HTTP {error.status} '
+                         f'{error.reason or ""}: {detail or "no details"}{hint}'.strip())
+  if isinstance(error, (urllib3.exceptions.HTTPError, ConnectionError, OSError)):
+    reason = str(getattr(error, 'reason', None) or error)
+    if reason.startswith('<') and '>: ' in reason:  # urllib3 prefixes a connection repr
+      reason = reason.split('>: ', 1)[1]
+    return KubeflowError(f'cannot reach Kubeflow Pipelines at {where}: {reason} '
+                         f'(check --host / KFP_HOST, e.g. `kubectl port-forward -n kubeflow '
+                         f'svc/ml-pipeline-ui 8080:80` then --host http://localhost:8080)')
+  return KubeflowError(f'Kubeflow Pipelines at {where}: {type(error).__name__}: {error}')
+
+
+def connect(kfp_config: KubeflowConfig):
+  """A kfp.Client for the configured host and auth, with request timeouts."""
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', FutureWarning)
+    import kfp  # pylint: disable=import-outside-toplevel
+
+  class Client(kfp.Client):
+    """kfp.Client whose requests time out, and whose health check fails at once
+    (kfp retries it five times, five seconds apart)."""
+
+    def _add_timeouts(self) -> None:
+      rest = self._healthz_api.api_client.rest_client
+      if getattr(rest, 'mnist_timeout', None):
+        return
+      request = rest.request
+      timeout = (kfp_config.timeout, kfp_config.timeout)  # (connect, read): floats OK
+
+      def request_with_timeout(*args, _request_timeout=None, **kwargs):
+        return request(*args, _request_timeout=_request_timeout or timeout, **kwargs)
+
+      rest.request = request_with_timeout
+      rest.mnist_timeout = timeout
+
+    def get_kfp_healthz(self, sleep_duration: int = 5):  # pylint: disable=unused-argument
+      self._add_timeouts()
+      return self._healthz_api.get_healthz()
+
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', FutureWarning)
+      client = Client(
+          host=kfp_config.host or None, namespace=kfp_config.namespace or 'kubeflow',
+          existing_token=kfp_config.token or None, cookies=kfp_config.cookies or None,
+          client_id=kfp_config.client_id or None,
+          other_client_id=kfp_config.other_client_id or None,
+          other_client_secret=kfp_config.other_client_secret or None,
+          ssl_ca_cert=kfp_config.ssl_ca_cert or None, verify_ssl=kfp_config.verify_ssl)
+    client._add_timeouts()  # pylint: disable=protected-access
+    return client
+  except KubeflowError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise _describe(e, kfp_config.host) from e
+
+
+def _call(kfp_config: KubeflowConfig, fn, *args, **kwargs):
+  try:
+    return fn(*args, **kwargs)
+  except KubeflowError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise _describe(e, kfp_config.host) from e
+
+
+def _namespace(kfp_config: KubeflowConfig) -> Optional[str]:
+  return kfp_config.namespace or None
+
+
+def experiment_id(client, kfp_config: KubeflowConfig, name: str, create: bool) -> Optional[str]:
+  """The experiment's id; created if missing and `create`, else None if missing."""
+  if create:
+    experiment = _call(kfp_config, client.create_experiment, name,
+                       namespace=_namespace(kfp_config))
+    return experiment.experiment_id
+  try:
+    experiment = _call(kfp_config, client.get_experiment, experiment_name=name,
+                       namespace=_namespace(kfp_config))
+  except KubeflowError as e:
+    if 'No experiment is found' in str(e):
+      return None
+    raise
+  return experiment.experiment_id
+
+
+def submit(kfp_config: KubeflowConfig, spec_path: str, experiment: str, run_name: str,
+           enable_caching: Optional[bool] = None) -> Any:
+  """One run of the compiled spec now; returns the V2beta1Run."""
+  check_spec(spec_path)
+  client = connect(kfp_config)
+  exp_id = experiment_id(client, kfp_config, experiment, create=True)
+  return _call(kfp_config, client.run_pipeline, experiment_id=exp_id, job_name=run_name,
+               pipeline_package_path=spec_path, enable_caching=enable_caching,
+               service_account=kfp_config.service_account or None)
+
+
+def schedule(kfp_config: KubeflowConfig, spec_path: str, experiment: str, name: str,
+             cron: str, max_concurrency: int = MAX_CONCURRENCY, catchup: bool = False,
+             enable_caching: Optional[bool] = None, description: str = '') -> Any:
+  """A recurring run of the compiled spec; returns the V2beta1RecurringRun."""
+  cron = kfp_cron(cron)
+  if max_concurrency < 1:
+    raise KubeflowError(f'max concurrency must be >= 1, found {max_concurrency}')
+  check_spec(spec_path)
+  client = connect(kfp_config)
+  exp_id = experiment_id(client, kfp_config, experiment, create=True)
+  return _call(kfp_config, client.create_recurring_run, experiment_id=exp_id,
+               job_name=name, description=description or None, cron_expression=cron,
+               max_concurrency=max_concurrency, no_catchup=not catchup,
+               pipeline_package_path=spec_path, enable_caching=enable_caching,
+               service_account=kfp_config.service_account or None)
+
+
+def list_schedules(kfp_config: KubeflowConfig, experiment: str) -> List[Schedule]:
+  """The experiment's recurring runs (all pages)."""
+  client = connect(kfp_config)
+  exp_id = experiment_id(client, kfp_config, experiment, create=False)
+  if exp_id is None:
+    return []
+  result, token = [], ''
+  while True:
+    page = _call(kfp_config, client.list_recurring_runs, page_token=token, page_size=100,
+                 experiment_id=exp_id)
+    for run in page.recurring_runs or []:
+      cron = run.trigger.cron_schedule.cron if (
+          run.trigger and run.trigger.cron_schedule) else ''
+      result.append(Schedule(
+          recurring_run_id=run.recurring_run_id, name=run.display_name or '',
+          status=str(run.status or run.mode or ''), cron=cron or '',
+          max_concurrency=str(run.max_concurrency or ''), no_catchup=bool(run.no_catchup),
+          created_at=str(run.created_at or '')))
+    token = page.next_page_token or ''
+    if not token:
+      return result
+
+
+def unschedule(kfp_config: KubeflowConfig, experiment: str, name_or_id: str) -> List[str]:
+  """Deletes the recurring run with that id, or all with that name; returns their ids."""
+  matches = [s for s in list_schedules(kfp_config, experiment)
+             if name_or_id in (s.recurring_run_id, s.name)]
+  if not matches:
+    raise KubeflowError(f'no recurring run named or with id {name_or_id!r} in experiment '
+                        f'{experiment!r} (see `python -m kubeflow list-schedules`)')
+  client = connect(kfp_config)
+  for match in matches:
+    _call(kfp_config, client.delete_recurring_run, match.recurring_run_id)
+  return [m.recurring_run_id for m in matches]

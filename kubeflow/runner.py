@@ -1,0 +1,200 @@
+"""Compiles the local runner's DAG for Kubeflow Pipelines v2 (pipeline spec schema 2.1).
+
+The DAG is `pipeline.create_pipeline`, the same function the local runner calls, given
+object-storage paths. TFX's `KubeflowV2DagRunner` turns it into a pipeline spec; this
+module then adapts it to the open-source Kubeflow Pipelines backend:
+
+* every container runs `kubeflow.entrypoint` (TFX's own entrypoint fails there,
+  tensorflow/tfx#7768; see that module);
+* the Trainer requests GPUs, its pod gets the GPU pool's node selector and tolerations,
+  and PVCs are mounted, in a second YAML document (the Kubernetes platform spec that
+  `kfp.Client` uploads with the pipeline);
+* the latest-blessed-model resolver is left out unless `baseline_model` is set: the
+  open-source backend rejects resolver tasks ("resolver executors not implemented"), so
+  there the Evaluator gates on the absolute accuracy bound alone;
+* the ExampleGen task is never cached: the file fingerprinting that lets TFX cache it
+  (a pre-cache-check hook) runs on Vertex only, so a cached ExampleGen would miss new
+  data in scheduled runs;
+* the pipeline root is written into the spec (`defaultPipelineRoot`): TFX keeps it only
+  in the runtime config, which a YAML spec does not carry.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from kubeflow.config import GFILE_SCHEMES, KubeflowConfig
+from pipeline.configs import PipelineConfig
+
+ENTRYPOINT_COMMAND = ('python', '-m', 'kubeflow.entrypoint')
+TRAINER_ID = 'Trainer'
+EXAMPLE_GEN_ID = 'MnistExampleGen'
+EVALUATOR_ID = 'Evaluator'
+RESOLVER_ID = 'LatestBlessedModelResolver'
+BASELINE_MODEL_KEY = 'baseline_model'
+
+
+class CompileError(ValueError):
+  """The configuration cannot make a pipeline that runs on Kubeflow."""
+
+
+def executor_label(component_id: str) -> str:
+  """The deployment-spec executor TFX's v2 compiler names after a component."""
+  return f'{component_id}_executor'
+
+
+def model_serving_uri(config: PipelineConfig, kfp: KubeflowConfig) -> str:
+  """TF Serving's model base path: the Pusher writes `<this>/<version>/`, as locally."""
+  return posixpath.join(kfp.serving_uri.rstrip('/'), config.model_name)
+
+
+def beam_args(config: PipelineConfig, kfp: KubeflowConfig) -> List[str]:
+  """The Beam flags every task gets. With the DirectRunner, `beam_workers` 0 means one
+  worker per core where the task runs, not where it compiles (which is what
+  PipelineConfig.beam_pipeline_args would count)."""
+  args = shlex.split(kfp.beam_args)
+  if not any(arg.startswith('--direct_num_workers') for arg in args):
+    args.append(f'--direct_num_workers={config.beam_workers}')
+  return args
+
+
+def check_locations(kfp: KubeflowConfig) -> None:
+  """Data and serving paths must be readable in a pod: gs:// or a mounted PVC."""
+  mounts = [path for _, path in kfp.pvc_volumes()]
+  for name, value in (('data_uri', kfp.data_uri), ('serving_uri', kfp.serving_uri)):
+    flag = '--' + name.replace('_', '-')
+    if not value:
+      raise CompileError(f'{name} is not set: pass {flag} (or MNIST_KFP_{name.upper()}) '
+                         f'with a gs:// URI or a path on a PVC mounted with --pvc-mounts')
+    if value.startswith(GFILE_SCHEMES):
+      continue
+    if '://' in value:
+      raise CompileError(f'{name}: {value!r} cannot be read or written in the pods (their '
+                         f'TensorFlow reads {", ".join(GFILE_SCHEMES)} and local paths '
+                         f'only): use gs:// or a PVC path (--pvc-mounts NAME:/mnt)')
+    if not value.startswith('/') or not any(
+        value == m or value.startswith(m.rstrip('/') + '/') for m in mounts):
+      raise CompileError(f'{name}: {value!r} is a pod path but no PVC is mounted there '
+                         f'(mounts: {", ".join(mounts) or "none"}); add --pvc-mounts '
+                         f'NAME:/mount/path or use a gs:// URI')
+
+
+def build(config: PipelineConfig, kfp: KubeflowConfig):
+  """The local DAG with object-storage paths, adapted for the open-source backend."""
+  from pipeline import pipeline  # pylint: disable=import-outside-toplevel
+  check_locations(kfp)
+  dag = pipeline.create_pipeline(
+      config, pipeline_root=kfp.pipeline_root, data_dir=kfp.data_uri,
+      serving_dir=model_serving_uri(config, kfp), beam_pipeline_args=beam_args(config, kfp))
+  if not kfp.baseline_model:
+    drop_baseline_resolver(dag)
+  attach_resources(dag, kfp)
+  return dag
+
+
+def _component(dag, component_id: str):
+  for component in dag.components:
+    if component.id == component_id:
+      return component
+  raise CompileError(f'the DAG has no component {component_id!r} '
+                     f'(has: {", ".join(c.id for c in dag.components)})')
+
+
+def drop_baseline_resolver(dag) -> None:
+  """Removes the resolver and the Evaluator's baseline input (see the module doc)."""
+  evaluator = _component(dag, EVALUATOR_ID)
+  resolver = _component(dag, RESOLVER_ID)
+  evaluator.spec.inputs.pop(BASELINE_MODEL_KEY, None)
+  evaluator.remove_upstream_node(resolver)  # and the resolver's downstream edge
+  dag.components = [c for c in dag.components if c is not resolver]
+
+
+def resource_spec(kfp: KubeflowConfig, gpus: int = 0):
+  """A KFP container ResourceSpec: limits for every task, GPUs for the Trainer."""
+  from kfp.pipeline_spec import pipeline_spec_pb2  # pylint: disable=import-outside-toplevel
+  spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec(
+      cpu_limit=kfp.cpu_limit, memory_limit=kfp.memory_limit)
+  if gpus:
+    spec.accelerator.type = kfp.gpu_resource
+    spec.accelerator.count = gpus
+  return spec
+
+
+def attach_resources(dag, kfp: KubeflowConfig) -> None:
+  """GPUs for the Trainer (`with_platform_config`), CPU/memory limits for all tasks."""
+  for component in dag.components:
+    gpus = kfp.gpu_count if component.id == TRAINER_ID else 0
+    if gpus or kfp.cpu_limit or kfp.memory_limit:
+      if hasattr(component, 'with_platform_config'):
+        component.with_platform_config(resource_spec(kfp, gpus))
+
+
+def kubernetes_platform_spec(kfp: KubeflowConfig, executors: List[str]) -> Dict[str, Any]:
+  """The second YAML document: per-executor Kubernetes settings (kfp-kubernetes form)."""
+  result: Dict[str, Any] = {}
+  volumes = [{'constant': name, 'mountPath': path} for name, path in kfp.pvc_volumes()]
+  for executor in executors:
+    settings: Dict[str, Any] = {}
+    if volumes:
+      settings['pvcMount'] = [dict(v) for v in volumes]
+    if executor == executor_label(TRAINER_ID) and kfp.gpu_count:
+      if kfp.node_selector_labels():
+        settings['nodeSelector'] = {'labels': kfp.node_selector_labels()}
+      if kfp.toleration_list():
+        settings['tolerations'] = kfp.toleration_list()
+    if settings:
+      result[executor] = settings
+  if not result:
+    return {}
+  return {'platforms': {'kubernetes': {'deploymentSpec': {'executors': result}}}}
+
+
+def compile_spec(config: PipelineConfig, kfp: KubeflowConfig) -> Dict[str, Any]:
+  """The pipeline spec as a dict (schema 2.1), adapted as the module doc says."""
+  from google.protobuf import json_format  # pylint: disable=import-outside-toplevel
+  from tfx.orchestration.kubeflow.v2 import pipeline_builder  # pylint: disable=import-outside-toplevel
+  from tfx.v1.orchestration import experimental  # pylint: disable=import-outside-toplevel
+  images: Any = kfp.image
+  if kfp.trainer_image != kfp.image:
+    images = {pipeline_builder.DEFAULT_IMAGE_PATH_KEY: kfp.image, TRAINER_ID: kfp.trainer_image}
+  runner = experimental.KubeflowV2DagRunner(
+      config=experimental.KubeflowV2DagRunnerConfig(
+          default_image=images, default_commands=list(ENTRYPOINT_COMMAND),
+          use_pipeline_spec_2_1=True))
+  job = runner.run(build(config, kfp), write_out=False)
+  spec = job['pipelineSpec']
+  spec['defaultPipelineRoot'] = kfp.pipeline_root
+  tasks = spec['root']['dag']['tasks']
+  tasks[EXAMPLE_GEN_ID].setdefault('cachingOptions', {})['enableCache'] = False
+  # TFX's file-based ExampleGen container ignores with_platform_config; set it here.
+  example_gen = spec['deploymentSpec']['executors'][executor_label(EXAMPLE_GEN_ID)]
+  if (kfp.cpu_limit or kfp.memory_limit) and 'resources' not in example_gen['container']:
+    example_gen['container']['resources'] = json_format.MessageToDict(resource_spec(kfp))
+  return spec
+
+
+def write_spec(spec: Dict[str, Any], platform: Dict[str, Any], path: str) -> Path:
+  """One YAML document for the pipeline spec, a second for the platform spec if any."""
+  out = Path(path)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  header = (f'# PIPELINE DEFINITION\n# Name: {spec["pipelineInfo"]["name"]}\n'
+            f'# Compiled by kubeflow.runner from pipeline.create_pipeline '
+            f'({spec.get("sdkVersion", "tfx")}).\n')
+  documents = [spec] + ([platform] if platform else [])
+  out.write_text(header + yaml.safe_dump_all(documents, sort_keys=True))
+  return out
+
+
+def compile_pipeline(config: PipelineConfig, kfp: KubeflowConfig,
+                     output: Optional[str] = None) -> Path:
+  """Builds, compiles and writes the spec; returns its path."""
+  spec = compile_spec(config, kfp)
+  containers = sorted(label for label, executor in spec['deploymentSpec']['executors'].items()
+                      if 'container' in executor)
+  platform = kubernetes_platform_spec(kfp, containers)
+  return write_spec(spec, platform, output or kfp.spec_file(config.pipeline_name))

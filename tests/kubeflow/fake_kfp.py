@@ -1,0 +1,119 @@
+"""A loopback stand-in for the Kubeflow Pipelines API server that records requests.
+
+It answers the KFP v2beta1 REST calls `kfp.Client` makes for submit/schedule/list/delete,
+with bodies built from kfp_server_api's own models (so the client parses them as it would
+the real server's), and can be told to fail a route with a status and message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import json
+import threading
+import urllib.parse
+from typing import Any, Dict, List, Optional, Tuple
+
+import kfp_server_api
+
+API = '/apis/v2beta1'
+
+
+@dataclasses.dataclass
+class Request:
+  method: str
+  path: str
+  query: Dict[str, List[str]]
+  body: Any
+  headers: Dict[str, str]
+
+
+def _json(model) -> Any:
+  return kfp_server_api.ApiClient().sanitize_for_serialization(model)
+
+
+class FakeKfp:
+  """Starts on 127.0.0.1 at a free port; `host` is the URL to give kfp.Client."""
+
+  def __init__(self) -> None:
+    self.requests: List[Request] = []
+    self.failures: Dict[Tuple[str, str], Tuple[int, str]] = {}
+    self.experiments: List[Any] = []
+    self.recurring_runs: List[Any] = []
+    fake = self
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+      def _handle(self, method: str) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        length = int(self.headers.get('Content-Length') or 0)
+        raw = self.rfile.read(length) if length else b''
+        body = json.loads(raw) if raw else None
+        fake.requests.append(Request(method, url.path, urllib.parse.parse_qs(url.query),
+                                     body, dict(self.headers)))
+        status, payload = fake.answer(method, url.path, body)
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+      def do_GET(self) -> None:  # pylint: disable=invalid-name
+        self._handle('GET')
+
+      def do_POST(self) -> None:  # pylint: disable=invalid-name
+        self._handle('POST')
+
+      def do_DELETE(self) -> None:  # pylint: disable=invalid-name
+        self._handle('DELETE')
+
+    self._server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+    self._thread.start()
+    self.host = f'http://127.0.0.1:{self._server.server_address[1]}'
+
+  def stop(self) -> None:
+    self._server.shutdown()
+    self._server.server_close()
+
+  def fail(self, method: str, path: str, status: int, message: str) -> None:
+    self.failures[(method, API + path)] = (status, message)
+
+  def calls(self, method: Optional[str] = None, path: Optional[str] = None) -> List[Request]:
+    return [r for r in self.requests
+            if (method is None or r.method == method) and (path is None or r.path == API + path)]
+
+  def answer(self, method: str, path: str, body: Any) -> Tuple[int, Any]:
+    if (method, path) in self.failures:
+      status, message = self.failures[(method, path)]
+      return status, {'error': message, 'code': 3, 'message': message}
+    route = path[len(API):] if path.startswith(API) else path
+    if (method, route) == ('GET', '/healthz'):
+      return 200, _json(kfp_server_api.V2beta1GetHealthzResponse(multi_user=False))
+    if (method, route) == ('GET', '/experiments'):
+      return 200, _json(kfp_server_api.V2beta1ListExperimentsResponse(
+          experiments=self.experiments or None, total_size=len(self.experiments)))
+    if (method, route) == ('POST', '/experiments'):
+      experiment = kfp_server_api.V2beta1Experiment(
+          experiment_id=f'exp-{len(self.experiments) + 1}',
+          display_name=body['display_name'])
+      self.experiments.append(experiment)
+      return 200, _json(experiment)
+    if (method, route) == ('POST', '/runs'):
+      return 200, {**body, 'run_id': 'run-1', 'state': 'PENDING'}
+    if (method, route) == ('POST', '/recurringruns'):
+      run = {**body, 'recurring_run_id': f'rr-{len(self.recurring_runs) + 1}',
+             'status': 'ENABLED', 'created_at': '2025-01-01T00:00:00Z'}
+      self.recurring_runs.append(run)
+      return 200, run
+    if (method, route) == ('GET', '/recurringruns'):
+      return 200, {'recurringRuns': self.recurring_runs, 'total_size': len(self.recurring_runs)}
+    if method == 'DELETE' and route.startswith('/recurringruns/'):
+      run_id = route.rsplit('/', 1)[1]
+      self.recurring_runs = [r for r in self.recurring_runs
+                             if r['recurring_run_id'] != run_id]
+      return 200, {}
+    return 404, {'error': f'no route {method} {path}', 'code': 5, 'message': 'not found'}

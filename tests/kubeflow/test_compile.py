@@ -1,0 +1,145 @@
+"""`python -m kubeflow compile`: the local DAG as a KFP v2 spec that kfp itself loads."""
+
+from __future__ import annotations
+
+import json
+from typing import Dict, Set
+
+import pytest
+from google.protobuf import json_format
+
+from kubeflow import config as kfp_configs
+from kubeflow import runner
+from pipeline import configs, pipeline
+from tests.kubeflow.conftest import GPU_IMAGE, IMAGE, PIPELINE_ROOT, SERVING_URI
+
+ENTRYPOINT = ['python', '-m', 'kubeflow.entrypoint']
+
+
+def component_of(task_name: str) -> str:
+  """TFX compiles the resolver node into two tasks named `<node id>-<step>`."""
+  return task_name.split('-')[0]
+
+
+def spec_edges(tasks) -> Dict[str, Set[str]]:
+  """component -> components it depends on, from dependentTasks and artifact inputs."""
+  edges: Dict[str, Set[str]] = {}
+  for name, task in tasks.items():
+    upstream = set(task.get('dependentTasks', []))
+    for source in task.get('inputs', {}).get('artifacts', {}).values():
+      upstream.add(source['taskOutputArtifact']['producerTask'])
+    edges.setdefault(component_of(name), set()).update(
+        component_of(u) for u in upstream if component_of(u) != component_of(name))
+  return edges
+
+
+def local_edges(dag) -> Dict[str, Set[str]]:
+  return {c.id: {u.id for u in c.upstream_nodes} for c in dag.components}
+
+
+def local_dag():
+  return pipeline.create_pipeline(configs.load(environ={}, eval_size=20))
+
+
+def test_kfp_loads_the_spec_and_its_platform_document(compiled):
+  from kfp import components  # pylint: disable=import-outside-toplevel
+  from kfp.pipeline_spec import pipeline_spec_pb2  # pylint: disable=import-outside-toplevel
+  loaded = components.load_component_from_file(str(compiled.path))
+  assert loaded.name == 'mnist'
+  assert loaded.pipeline_spec.schema_version == '2.1.0'
+  assert set(loaded.pipeline_spec.root.dag.tasks) == set(compiled.tasks)
+  assert set(loaded.component_spec.platform_spec.platforms) == {'kubernetes'}
+  # The upload path: kfp.Client parses both documents into the protos it sends.
+  json_format.ParseDict(compiled.spec, pipeline_spec_pb2.PipelineSpec())
+  json_format.ParseDict(compiled.platform, pipeline_spec_pb2.PlatformSpec())
+
+
+def test_every_local_component_runs_in_the_same_dependency_order(compiled_with_baseline):
+  """With the resolver kept, the spec is the local DAG task for task, edge for edge."""
+  expected = local_edges(local_dag())
+  assert set(expected) == set(pipeline.COMPONENT_IDS)
+  assert spec_edges(compiled_with_baseline.tasks) == expected
+  order = {cid: i for i, cid in enumerate(pipeline.COMPONENT_IDS)}
+  for component, upstream in spec_edges(compiled_with_baseline.tasks).items():
+    assert all(order[u] < order[component] for u in upstream), component
+
+
+def test_open_source_spec_drops_only_the_baseline_resolver(compiled):
+  """Open-source KFP rejects resolver tasks; the Evaluator loses its baseline input."""
+  expected = local_edges(local_dag())
+  del expected[runner.RESOLVER_ID]
+  expected[runner.EVALUATOR_ID].discard(runner.RESOLVER_ID)
+  assert spec_edges(compiled.tasks) == expected
+  evaluator = compiled.spec['components'][runner.EVALUATOR_ID]
+  assert runner.BASELINE_MODEL_KEY not in evaluator['inputDefinitions']['artifacts']
+  assert not [e for e in compiled.spec['deploymentSpec']['executors'].values()
+              if 'resolver' in e]
+
+
+def test_trainer_alone_requests_gpus_and_the_gpu_pool(compiled):
+  for task in compiled.tasks:
+    resources = compiled.container(task).get('resources', {})
+    if task == runner.TRAINER_ID:
+      assert resources['accelerator'] == {'type': 'nvidia.com/gpu', 'count': '2'}
+    else:
+      assert 'accelerator' not in resources, task
+  executors = compiled.platform['platforms']['kubernetes']['deploymentSpec']['executors']
+  trainer = executors[runner.executor_label(runner.TRAINER_ID)]
+  assert trainer['nodeSelector'] == {
+      'labels': {'cloud.google.com/gke-accelerator': 'nvidia-tesla-t4'}}
+  assert trainer['tolerations'] == [
+      {'key': 'nvidia.com/gpu', 'operator': 'Exists', 'effect': 'NoSchedule'},
+      {'key': 'pool', 'operator': 'Equal', 'value': 'gpu', 'effect': 'NoExecute'}]
+  for label, settings in executors.items():
+    assert settings['pvcMount'] == [
+        {'constant': 'mnist-data', 'mountPath': str(compiled.data_dir.parent)}], label
+    if label != runner.executor_label(runner.TRAINER_ID):
+      assert 'nodeSelector' not in settings and 'tolerations' not in settings, label
+
+
+def test_images_root_paths_and_entrypoint_are_the_configured_ones(compiled):
+  assert compiled.spec['defaultPipelineRoot'] == PIPELINE_ROOT
+  for task in compiled.tasks:
+    container = compiled.container(task)
+    assert container['image'] == (GPU_IMAGE if task == runner.TRAINER_ID else IMAGE), task
+    assert container['command'] == ENTRYPOINT, task
+    assert '--direct_running_mode=in_memory' in container['args'], task
+  params = compiled.tasks[runner.EXAMPLE_GEN_ID]['inputs']['parameters']
+  assert params['input_base']['runtimeValue']['constant'] == str(compiled.data_dir)
+  pusher = compiled.tasks['Pusher']['inputs']['parameters']
+  destination = json.loads(pusher['push_destination']['runtimeValue']['constant'])
+  assert destination['filesystem']['base_directory'] == f'{SERVING_URI}/mnist'
+
+
+def test_example_gen_is_never_cached_the_rest_follows_the_config(compiled):
+  for name, task in compiled.tasks.items():
+    assert task['cachingOptions']['enableCache'] is (name != runner.EXAMPLE_GEN_ID), name
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({}, 'data_uri is not set'),
+    ({'data_uri': 's3://bucket/mnist', 'serving_uri': 'gs://b/s'}, "'s3://bucket/mnist' cannot"),
+    ({'data_uri': '/data/mnist', 'serving_uri': 'gs://b/s'}, 'no PVC is mounted there'),
+    ({'data_uri': 'gs://b/mnist', 'serving_uri': 'minio://mlpipeline/serving'},
+     'serving_uri'),
+    ({'data_uri': '/mnt/datasets/mnist', 'serving_uri': 'gs://b/s',
+      'pvc_mounts': 'd:/mnt/data'}, 'no PVC is mounted there'),
+])
+def test_locations_a_pod_cannot_use_are_refused_before_compiling(overrides, message):
+  with pytest.raises(runner.CompileError, match=message):
+    runner.check_locations(kfp_configs.KubeflowConfig(**overrides))
+
+
+def test_locations_on_gcs_or_a_mounted_pvc_are_accepted():
+  runner.check_locations(kfp_configs.KubeflowConfig(
+      data_uri='/mnt/data/mnist', serving_uri='gs://b/serving', pvc_mounts='d:/mnt/data'))
+  runner.check_locations(kfp_configs.KubeflowConfig(
+      data_uri='gs://b/mnist', serving_uri='/models', pvc_mounts='m:/models'))
+
+
+def test_compile_refuses_local_runner_paths(capsys):
+  from kubeflow.__main__ import main  # pylint: disable=import-outside-toplevel
+  with pytest.raises(SystemExit) as exit_info:
+    main(['compile', '--data-dir', '/tmp/mnist'])
+  assert exit_info.value.code == 2
+  assert '--data-dir: local paths of the local runner' in capsys.readouterr().err
