@@ -1,9 +1,9 @@
 """TF Serving's REST API (https://www.tensorflow.org/tfx/serving/api_rest) on aiohttp.
 
 URLs are matched with TF Serving's own regular expressions, errors come back as
-`{"error": "..."}` with its HTTP codes. The event loop only reads bodies and writes
-answers: decoding, the model call and encoding run together in a worker thread, one
-hop per request, so a slow batch never stalls other connections.
+`{"error": "..."}` with its HTTP codes. Small requests run on the event loop; larger ones
+are decoded, run and encoded together in a worker thread (one hop per request), so a
+big batch never stalls other connections.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ PREDICT_PATH = re.compile(r'(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/la
 STATUS_PATH = re.compile(r'(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|'
                          r'(?:/labels/([^/:]+)))?(?:/(metadata))?')
 API_PATH = re.compile(r'(?i)/v1/.*')
+# Requests this small (a few images) run on the event loop: ~1 ms of work, and skipping
+# the thread hop saves ~0.2 ms of a batch-1 call. Larger ones go to the worker threads.
+INLINE_MAX_BODY = 16 * 1024
 
 _metadata_cache: 'weakref.WeakKeyDictionary[Servable, Dict[str, Any]]' = weakref.WeakKeyDictionary()
 
@@ -96,10 +99,11 @@ class RestApi:
       if request.method == 'POST' and (match := PREDICT_PATH.fullmatch(path)):
         name, version, label, verb = match.groups()
         body = await self._read_body(request)
-        loop = asyncio.get_running_loop()
-        payload = await loop.run_in_executor(
-            self.pool, self.infer, verb.lower(), urllib.parse.unquote(name),
-            _parse_version(version), urllib.parse.unquote(label or ''), body)
+        call = (self.infer, verb.lower(), urllib.parse.unquote(name), _parse_version(version),
+                urllib.parse.unquote(label or ''), body)
+        if len(body) <= INLINE_MAX_BODY:
+          return _json(200, call[0](*call[1:]))
+        payload = await asyncio.get_running_loop().run_in_executor(self.pool, *call)
         return _json(200, payload)
       if request.method == 'GET' and (match := STATUS_PATH.fullmatch(path)):
         name, version, label, metadata = match.groups()

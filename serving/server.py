@@ -60,7 +60,8 @@ async def serve(config: ServerConfig) -> None:
     log.warning('No loadable version of %s under %s yet; waiting for one', config.model_name,
                 config.base_path)
   grpc_server, grpc_port = grpc_service.start_server(
-      manager, config.host, config.grpc_port, config.max_body_bytes, config.inference_threads * 2)
+      manager, config.host, config.grpc_port, config.max_body_bytes,
+      max(2 * config.inference_threads, 4))
   api = rest.RestApi(manager, config.max_body_bytes, config.inference_threads)
   runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
   await runner.setup()
