@@ -61,9 +61,17 @@ class TrainingConfig:
                        f'{self.batch_size}')
 
 
+# Named starting points for training; environment and flags still override each field.
+PRESETS = {
+    'default': {},   # TrainingConfig's own defaults: the accuracy configuration
+    'quick': {'epochs': 3},
+}
+
+
 @dataclasses.dataclass
 class PipelineConfig:
   """Where data comes from and goes to, how it is split, and what gates a push."""
+  preset: str = 'default'              # see PRESETS
   pipeline_name: str = 'mnist'
   model_name: str = 'mnist'
   data_dir: Path = dataclasses.field(default_factory=default_data_dir)
@@ -78,6 +86,8 @@ class PipelineConfig:
   training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
 
   def __post_init__(self) -> None:
+    if self.preset not in PRESETS:
+      raise ValueError(f'preset: expected one of {tuple(PRESETS)}, found {self.preset!r}')
     self.data_dir = Path(self.data_dir).expanduser().absolute()
     self.output_dir = Path(self.output_dir).expanduser().absolute()
     self.serving_dir = (Path(self.serving_dir).expanduser().absolute()
@@ -142,7 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load(args: Optional[argparse.Namespace] = None,
          environ: Optional[Mapping[str, str]] = None,
          **overrides: Any) -> PipelineConfig:
-  """Builds the config: defaults < environment < CLI flags < keyword overrides."""
+  """Builds the config: defaults < preset < environment < CLI flags < keyword overrides."""
   environ = os.environ if environ is None else environ
   values: dict[str, Any] = {}
   for _, field in _fields():
@@ -157,7 +167,8 @@ def load(args: Optional[argparse.Namespace] = None,
         raise ValueError(f'invalid value for {field.name}: {e}') from None
   values.update(overrides)
   training_names = {f.name for f in dataclasses.fields(TrainingConfig)}
-  training = TrainingConfig(**{k: v for k, v in values.items() if k in training_names})
+  training = TrainingConfig(**{**PRESETS.get(values.get('preset', 'default'), {}),
+                               **{k: v for k, v in values.items() if k in training_names}})
   return PipelineConfig(training=training,
                         **{k: v for k, v in values.items() if k not in training_names})
 

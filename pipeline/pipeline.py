@@ -83,14 +83,13 @@ def create_pipeline(
       examples=example_gen.outputs['examples'],
       schema=schema_gen.outputs['schema'],
       preprocessing_fn=PREPROCESSING_FN,
-      splits_config=tfx.proto.SplitsConfig(
-          analyze=[features.TRAIN_SPLIT],
-          transform=[features.TRAIN_SPLIT, features.EVAL_SPLIT]),
+      splits_config=tfx.proto.SplitsConfig(analyze=[features.TRAIN_SPLIT]),
+      materialize=False,  # the Trainer applies the transform graph as it reads (trainer/data.py)
       custom_config={'code_fingerprint': fingerprint})
 
   trainer = tfx.components.Trainer(
       run_fn=RUN_FN,
-      examples=transform.outputs['transformed_examples'],
+      examples=example_gen.outputs['examples'],
       transform_graph=transform.outputs['transform_graph'],
       schema=schema_gen.outputs['schema'],
       train_args=tfx.proto.TrainArgs(splits=[features.TRAIN_SPLIT]),

@@ -61,3 +61,12 @@ def test_paths_are_absolute(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   config = configs.load(environ={'MNIST_OUTPUT_DIR': 'out'})
   assert config.output_dir == Path(tmp_path / 'out')
+
+
+def test_presets_set_training_defaults_that_flags_still_override():
+  quick = configs.load(environ={'MNIST_PRESET': 'quick'})
+  assert quick.preset == 'quick'
+  assert quick.training.epochs == configs.PRESETS['quick']['epochs']
+  assert configs.load(environ={'MNIST_PRESET': 'quick', 'MNIST_EPOCHS': '9'}).training.epochs == 9
+  with pytest.raises(ValueError, match="preset: expected one of"):
+    configs.load(environ={'MNIST_PRESET': 'fastest'})
