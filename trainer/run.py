@@ -1,12 +1,10 @@
-"""The Trainer's `run_fn`: read Transform's output, train, export the serving model."""
+"""The Trainer's `run_fn`: read examples through Transform's graph, train, export."""
 
 from __future__ import annotations
 
 import math
-import os
 
 from absl import logging
-import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 from tfx.components.trainer.fn_args_utils import FnArgs

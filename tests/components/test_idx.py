@@ -1,7 +1,6 @@
 """The IDX reader and every validation failure, on files the tests write."""
 
 import gzip
-from pathlib import Path
 
 import numpy as np
 import pytest
