@@ -19,3 +19,12 @@ download:         ## fetch canonical MNIST into the cache (needs internet)
 
 clean:            ## remove pipeline outputs (keeps .venv)
 	rm -rf outputs
+
+# The Kubeflow pipeline image (kubeflow/Dockerfile; docs/kubeflow.md). Push it where the
+# cluster can pull it and compile with `--image` (`--gpu-image` for the GPU=1 variant).
+IMAGE ?= mnist-tfx:latest
+GPU ?= 0
+.PHONY: image
+image:            ## build the Kubeflow pipeline image: make image IMAGE=registry/mnist-tfx:tag [GPU=1]
+	docker build -f kubeflow/Dockerfile -t $(IMAGE) \
+	  --build-arg VARIANT=$(if $(filter 1 yes true,$(GPU)),gpu,cpu) .

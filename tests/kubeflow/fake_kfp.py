@@ -25,7 +25,7 @@ class Request:
   path: str
   query: Dict[str, List[str]]
   body: Any
-  headers: Dict[str, str]
+  headers: Dict[str, str]  # lower-case names
 
 
 def _json(model) -> Any:
@@ -52,7 +52,7 @@ class FakeKfp:
         raw = self.rfile.read(length) if length else b''
         body = json.loads(raw) if raw else None
         fake.requests.append(Request(method, url.path, urllib.parse.parse_qs(url.query),
-                                     body, dict(self.headers)))
+                                     body, {k.lower(): v for k, v in self.headers.items()}))
         status, payload = fake.answer(method, url.path, body)
         data = json.dumps(payload).encode()
         self.send_response(status)
@@ -71,7 +71,8 @@ class FakeKfp:
         self._handle('DELETE')
 
     self._server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-    self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+    self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                    daemon=True)
     self._thread.start()
     self.host = f'http://127.0.0.1:{self._server.server_address[1]}'
 

@@ -1,0 +1,178 @@
+"""submit / schedule / list-schedules / unschedule against a recording loopback KFP API.
+
+The bodies checked are the KFP v2beta1 REST API's (Run, RecurringRun) as the installed
+kfp client sends them; failures must come back as one clear line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from kubeflow import client
+from kubeflow.__main__ import main
+
+
+def as_sent(spec):
+  """The spec as the client sends it: through the proto, which omits false/empty values."""
+  return json_format.MessageToDict(json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec()))
+
+
+def cli(capsys, fake_kfp, compiled, *argv):
+  """Runs `python -m kubeflow ...` in-process; returns (exit code, stdout, stderr)."""
+  code = main([*argv[:1], '--host', fake_kfp.host, '--spec-path', str(compiled.path),
+               *argv[1:]])
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def test_submit_sends_the_compiled_spec_as_one_run(capsys, fake_kfp, compiled):
+  code, out, err = cli(capsys, fake_kfp, compiled, 'submit', '--run-name', 'nightly check',
+                       '--service-account', 'pipeline-runner', '--token', 's3cret')
+  assert code == 0, err
+  assert "Submitted run run-1 ('nightly check') in experiment 'mnist'" in out
+  created = fake_kfp.calls('POST', '/experiments')
+  assert [r.body['display_name'] for r in created] == ['mnist']
+  (run,) = fake_kfp.calls('POST', '/runs')
+  assert run.body['display_name'] == 'nightly check'
+  assert run.body['experiment_id'] == 'exp-1'
+  assert run.body['service_account'] == 'pipeline-runner'
+  assert run.body['pipeline_spec'] == {'pipeline_spec': as_sent(compiled.spec),
+                                       'platform_spec': compiled.platform}
+  assert 'pipeline_root' not in run.body.get('runtime_config', {})  # the spec's root
+  assert run.headers['authorization'] == 'Bearer s3cret'
+
+
+def test_submit_without_cache_turns_caching_off_for_every_task(capsys, fake_kfp, compiled):
+  code, _, err = cli(capsys, fake_kfp, compiled, 'submit', '--no-cache')
+  assert code == 0, err
+  (run,) = fake_kfp.calls('POST', '/runs')
+  tasks = run.body['pipeline_spec']['pipeline_spec']['root']['dag']['tasks']
+  assert {t['cachingOptions'].get('enableCache', False) for t in tasks.values()} == {False}
+
+
+def test_schedule_creates_a_nightly_recurring_run_one_at_a_time_without_catchup(
+    capsys, fake_kfp, compiled):
+  code, out, err = cli(capsys, fake_kfp, compiled, 'schedule', '--cron', '0 3 * * *',
+                       '--name', 'mnist nightly', '--cookies', 'authservice_session=abc')
+  assert code == 0, err
+  assert 'Scheduled rr-1' in out and 'cron "0 0 3 * * *"' in out
+  (request,) = fake_kfp.calls('POST', '/recurringruns')
+  body = request.body
+  assert body['display_name'] == 'mnist nightly'
+  assert body['experiment_id'] == 'exp-1'
+  assert body['mode'] == 'ENABLE'
+  assert body['trigger'] == {'cron_schedule': {'cron': '0 0 3 * * *'}}
+  assert body['max_concurrency'] == 1
+  assert body['no_catchup'] is True
+  assert body['pipeline_spec']['pipeline_spec']['pipelineInfo'] == {'name': 'mnist'}
+  assert body['pipeline_spec']['platform_spec'] == compiled.platform
+  assert request.headers['cookie'] == 'authservice_session=abc'
+
+
+def test_schedule_options_reach_the_request(capsys, fake_kfp, compiled):
+  code, _, err = cli(capsys, fake_kfp, compiled, 'schedule', '--cron', '30 0 3 * * 1-5',
+                     '--max-concurrency', '2', '--catchup')
+  assert code == 0, err
+  (request,) = fake_kfp.calls('POST', '/recurringruns')
+  assert request.body['trigger']['cron_schedule']['cron'] == '30 0 3 * * 1-5'
+  assert (request.body['max_concurrency'], request.body['no_catchup']) == (2, False)
+
+
+def test_list_and_unschedule_by_name(capsys, fake_kfp, compiled):
+  for cron in ('0 3 * * *', '0 15 * * *'):
+    assert cli(capsys, fake_kfp, compiled, 'schedule', '--cron', cron)[0] == 0
+  code, out, _ = cli(capsys, fake_kfp, compiled, 'list-schedules')
+  assert code == 0
+  assert "rr-1  'mnist schedule 0 3 * * *'  ENABLED  cron \"0 0 3 * * *\"" in out
+  assert 'rr-2' in out and 'max concurrency 1  catch-up off' in out
+  listed = fake_kfp.calls('GET', '/recurringruns')[-1]
+  assert listed.query['experiment_id'] == ['exp-1']
+
+  code, out, _ = cli(capsys, fake_kfp, compiled, 'unschedule', 'mnist schedule 0 3 * * *')
+  assert (code, out.strip()) == (0, 'Deleted recurring run rr-1')
+  assert [r.path for r in fake_kfp.calls('DELETE')] == ['/apis/v2beta1/recurringruns/rr-1']
+  code, out, _ = cli(capsys, fake_kfp, compiled, 'unschedule', 'rr-2')
+  assert code == 0
+  code, out, _ = cli(capsys, fake_kfp, compiled, 'list-schedules')
+  assert "No recurring runs in experiment 'mnist'" in out
+
+
+def test_unschedule_of_an_unknown_schedule_says_so(capsys, fake_kfp, compiled):
+  code, _, err = cli(capsys, fake_kfp, compiled, 'unschedule', 'weekly')
+  assert code == 1
+  assert "error: no recurring run named or with id 'weekly'" in err
+
+
+@pytest.mark.parametrize('status, message, expected', [
+    (400, 'Failed to create a run: resolver executors not implemented',
+     'answered HTTP 400 Bad Request: Failed to create a run: resolver executors'),
+    (403, 'RBAC: access denied', 'HTTP 403 Forbidden: RBAC: access denied (check --token'),
+])
+def test_server_errors_surface_as_one_clear_line(capsys, fake_kfp, compiled, status,
+                                                 message, expected):
+  fake_kfp.fail('POST', '/runs', status, message)
+  code, _, err = cli(capsys, fake_kfp, compiled, 'submit')
+  assert code == 1
+  assert err.startswith(f'error: Kubeflow Pipelines at {fake_kfp.host} ')
+  assert expected in err
+  assert 'Traceback' not in err
+
+
+def test_a_failing_health_check_fails_at_once(capsys, fake_kfp, compiled):
+  fake_kfp.fail('GET', '/healthz', 503, 'upstream connect error')
+  start = time.monotonic()
+  code, _, err = cli(capsys, fake_kfp, compiled, 'list-schedules')
+  assert code == 1 and 'HTTP 503' in err and 'upstream connect error' in err
+  assert time.monotonic() - start < 5  # kfp alone retries 5 times, 5 s apart
+
+
+def test_unreachable_host_is_a_clear_error(capsys, fake_kfp, compiled):
+  with socket.socket() as probe:  # a port nothing listens on
+    probe.bind(('127.0.0.1', 0))
+    port = probe.getsockname()[1]
+  code = main(['submit', '--host', f'http://127.0.0.1:{port}', '--spec-path',
+               str(compiled.path)])
+  err = capsys.readouterr().err
+  assert code == 1
+  assert f'error: cannot reach Kubeflow Pipelines at http://127.0.0.1:{port}' in err
+  assert 'Connection refused' in err and 'KFP_HOST' in err
+
+
+def test_a_silent_server_times_out(capsys, fake_kfp, compiled):
+  with socket.socket() as silent:  # accepts connections, never answers
+    silent.bind(('127.0.0.1', 0))
+    silent.listen(8)
+    host = f'http://127.0.0.1:{silent.getsockname()[1]}'
+    start = time.monotonic()
+    code = main(['list-schedules', '--host', host, '--timeout', '0.3'])
+  err = capsys.readouterr().err
+  assert code == 1 and f'cannot reach Kubeflow Pipelines at {host}' in err
+  assert 'timed out' in err
+  assert time.monotonic() - start < 10
+
+
+def test_a_missing_spec_is_reported_before_any_request(capsys, fake_kfp, tmp_path):
+  missing = tmp_path / 'never-compiled.yaml'
+  code = main(['submit', '--host', fake_kfp.host, '--spec-path', str(missing)])
+  err = capsys.readouterr().err
+  assert code == 1
+  assert f'error: pipeline spec not found: {missing} (run `python -m kubeflow compile`' in err
+  assert not fake_kfp.requests
+
+
+@pytest.mark.parametrize('given, sent', [
+    ('0 3 * * *', '0 0 3 * * *'), ('*/15 * * * *', '0 */15 * * * *'),
+    ('0 0 3 * * *', '0 0 3 * * *'), ('@daily', '@daily')])
+def test_cron_gets_the_seconds_field_kfp_expects(given, sent):
+  assert client.kfp_cron(given) == sent
+
+
+def test_a_malformed_cron_is_refused_before_any_request(capsys, fake_kfp, compiled):
+  code, _, err = cli(capsys, fake_kfp, compiled, 'schedule', '--cron', '3am daily')
+  assert code == 1 and 'cron: expected 5 fields' in err
+  assert not fake_kfp.requests
