@@ -21,6 +21,16 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+  """Linux: the server gets SIGTERM if the test or benchmark process dies first."""
+  try:
+    import ctypes  # pylint: disable=import-outside-toplevel
+    ctypes.CDLL('libc.so.6', use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+  except (OSError, AttributeError):
+    pass
 
 
 @dataclasses.dataclass
@@ -76,8 +86,9 @@ def start_server(model_dir: Path, model_name: str = 'mnist', *, args: Sequence[s
              '--model-name', model_name, '--host', host, '--rest-port', '0',
              '--grpc-port', '0', '--ready-file', str(ready), *args]
   with open(log_path, 'wb') as log:
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent if sys.platform.startswith('linux') else None)
   deadline = time.monotonic() + timeout
   while not ready.exists():
     if process.poll() is not None or time.monotonic() > deadline:
