@@ -54,12 +54,13 @@ def model_serving_uri(config: PipelineConfig, kfp: KubeflowConfig) -> str:
 
 
 def beam_args(config: PipelineConfig, kfp: KubeflowConfig) -> List[str]:
-  """The Beam flags every task gets. With the DirectRunner, `beam_workers` 0 means one
-  worker per core where the task runs, not where it compiles (which is what
-  PipelineConfig.beam_pipeline_args would count)."""
+  """The Beam flags every task gets. DirectRunner workers: `beam_workers` if set, else
+  the task's CPU limit, else 0, which Beam reads as one per core of the node the task
+  runs on (PipelineConfig.beam_pipeline_args would count the compiling machine's)."""
   args = shlex.split(kfp.beam_args)
   if not any(arg.startswith('--direct_num_workers') for arg in args):
-    args.append(f'--direct_num_workers={config.beam_workers}')
+    workers = config.beam_workers or (max(1, int(kfp.cpu_limit)) if kfp.cpu_limit else 0)
+    args.append(f'--direct_num_workers={workers}')
   return args
 
 

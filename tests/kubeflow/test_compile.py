@@ -143,3 +143,19 @@ def test_compile_refuses_local_runner_paths(capsys):
     main(['compile', '--data-dir', '/tmp/mnist'])
   assert exit_info.value.code == 2
   assert '--data-dir: local paths of the local runner' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('beam_workers, cpu_limit, extra, expected', [
+    (0, 0.0, '', '--direct_num_workers=0'),
+    (0, 2.5, '', '--direct_num_workers=2'),
+    (3, 2.0, '', '--direct_num_workers=3'),
+    (0, 4.0, ' --direct_num_workers=1', '--direct_num_workers=1'),
+])
+def test_beam_workers_count_the_pod_not_the_compiling_machine(beam_workers, cpu_limit,
+                                                              extra, expected):
+  args = runner.beam_args(
+      configs.load(environ={}, beam_workers=beam_workers),
+      kfp_configs.KubeflowConfig(cpu_limit=cpu_limit,
+                                 beam_args='--direct_running_mode=multi_processing' + extra))
+  assert args[0] == '--direct_running_mode=multi_processing'
+  assert [a for a in args if a.startswith('--direct_num_workers')] == [expected]
