@@ -24,7 +24,6 @@ from typing import Any, Dict, List, Optional, Sequence
 from pipeline.configs import REPO_ROOT
 
 MIRRORS = (('gs://', 'gcs'), ('minio://', 'minio'), ('s3://', 's3'))
-TFX_ENTRYPOINT = ['python', '-m', 'tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor']
 
 
 class Launcher:
@@ -67,13 +66,16 @@ class Launcher:
     return {'inputs': {'parameterValues': parameters, 'artifacts': inputs},
             'outputs': {'artifacts': outputs, 'outputFile': str(self.output_file(task))}}
 
+  def args(self, task: str, inputs: Optional[Dict[str, Any]] = None) -> List[str]:
+    """The container's args with `{{$}}` replaced by the executor input JSON."""
+    executor_input = json.dumps(self.executor_input(task, inputs or {}))
+    return [arg.replace('{{$}}', executor_input) for arg in self.container(task)['args']]
+
   def run(self, task: str, inputs: Optional[Dict[str, Any]] = None,
           command: Optional[Sequence[str]] = None) -> subprocess.CompletedProcess:
     """Runs the task's container command locally, as its pod would."""
-    container = self.container(task)
-    executor_input = json.dumps(self.executor_input(task, inputs or {}))
-    args = [arg.replace('{{$}}', executor_input) for arg in container['args']]
-    command = list(command or container['command'])
+    args = self.args(task, inputs)
+    command = list(command or self.container(task)['command'])
     assert command[0] == 'python', command  # the image's venv python is this one here
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), ARTIFACT_LOCAL_PATH=str(self.mirror))
     self.output_file(task).parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from kubeflow import entrypoint
-from tests.kubeflow.launcher import TFX_ENTRYPOINT, Launcher, tail
+from tests.kubeflow.launcher import Launcher, tail
 
 EXAMPLES_SCHEMA = 'title: tfx.Examples\ntype: object\nproperties:\n  span:\n    type: integer\n'
 
@@ -63,12 +63,15 @@ def test_downstream_pod_runs_with_the_types_the_open_source_driver_passes(
 
 
 def test_tfx_own_entrypoint_still_fails_on_that_input(launcher, example_gen):
-  """tensorflow/tfx#7768: why the spec runs kubeflow.entrypoint. When this starts to
-  pass, TFX has fixed it and the repair of artifact types can go."""
+  """tensorflow/tfx#7768: why the spec runs kubeflow.entrypoint. TFX's entrypoint
+  (`kubeflow_v2_run_executor`, whose `main` is `_run_executor` on its parsed flags) gets
+  the same arguments in-process. When this starts to fail, TFX has fixed the bug and the
+  repair of artifact types can go."""
+  from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor as tfx_entry  # pylint: disable=import-outside-toplevel
   examples = Launcher.as_input(example_gen, 'examples', mlmd_id=11)
-  result = launcher.run('StatisticsGen', {'examples': examples}, command=TFX_ENTRYPOINT)
-  assert result.returncode != 0
-  assert "'NoneType' object has no attribute 'get'" in result.stderr, tail(result)
+  args, beam_args = tfx_entry._parse_flags(launcher.args('StatisticsGen', {'examples': examples}))  # pylint: disable=protected-access
+  with pytest.raises(AttributeError, match="'NoneType' object has no attribute 'get'"):
+    tfx_entry._run_executor(args, beam_args)  # pylint: disable=protected-access
 
 
 # ---------------------------------------------------------------------------
