@@ -13,6 +13,7 @@ and left alone until its files change; the versions already serving stay.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import threading
@@ -195,6 +196,8 @@ class ModelManager:
         self._set_status(version, UNLOADING)
         del servables[version]
       self._publish(servables, policy.labels)
+      if retired:
+        gc.collect()   # loaded SavedModels hold reference cycles: free the memory now
       for version in retired:
         self._set_status(version, END)
         log.info('Unloaded %s version %d', self.name, version)

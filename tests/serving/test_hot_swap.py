@@ -23,18 +23,20 @@ from trainer import features
 
 
 def rest_loop(port: int, images: np.ndarray, stop: threading.Event,
-              answers: List[Tuple[int, object]]) -> None:
-  """Predicts back to back on one keep-alive connection, recording every answer."""
+              answers: List[Tuple[float, int, object]]) -> None:
+  """Predicts back to back on one keep-alive connection, recording every answer with the
+  time its request was sent."""
   body = json.dumps({'inputs': images.tolist()}).encode()
   connection = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
   while not stop.is_set():
+    sent = time.monotonic()
     try:
       connection.request('POST', '/v1/models/mnist:predict', body=body,
                          headers={'Content-Type': 'application/json'})
       response = connection.getresponse()
-      answers.append((response.status, json.loads(response.read())))
+      answers.append((sent, response.status, json.loads(response.read())))
     except Exception as e:  # pylint: disable=broad-except
-      answers.append((-1, repr(e)))
+      answers.append((sent, -1, repr(e)))
       connection.close()
       connection = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
   connection.close()
@@ -63,7 +65,7 @@ def test_push_while_predicting_swaps_without_failures(model_v1, model_v2, refere
   with process.start_server(tmp_path, args=['--poll-seconds', '0.2']) as server:
     assert process.served_versions(server.rest_url) == {1: 'AVAILABLE'}
     stop = threading.Event()
-    rest_answers: List[Tuple[int, object]] = []
+    rest_answers: List[Tuple[float, int, object]] = []
     grpc_answers: List[Tuple[str, int]] = []
     threads = [threading.Thread(target=rest_loop, args=(server.rest_port, images, stop, rest_answers)),
                threading.Thread(target=rest_loop, args=(server.rest_port, images, stop, rest_answers)),
@@ -76,7 +78,7 @@ def test_push_while_predicting_swaps_without_failures(model_v1, model_v2, refere
       process.wait_for(lambda: process.served_versions(server.rest_url) == {2: 'AVAILABLE',
                                                                               1: 'END'},
                        timeout=60, what='version 2 to replace version 1')
-      swapped_at = len(rest_answers)
+      swapped_at = time.monotonic()   # requests sent from now on must meet version 2
       time.sleep(1.0)
     finally:
       stop.set()
@@ -84,17 +86,19 @@ def test_push_while_predicting_swaps_without_failures(model_v1, model_v2, refere
         thread.join(timeout=60)
     assert server.alive()
 
-  failures = [a for a in rest_answers if a[0] != 200] + [a for a in grpc_answers if a[0] != 'ok']
+  failures = ([a for a in rest_answers if a[1] != 200] +
+              [a for a in grpc_answers if a[0] != 'ok'])
   assert not failures, failures[:5]
   assert len(rest_answers) > 20 and len(grpc_answers) > 10
   # Every REST answer is exactly version 1's or version 2's; after the switch, only 2's.
   versions = []
-  for _, body in rest_answers:
+  for sent, _, body in sorted(rest_answers, key=lambda a: a[0]):
     probs = np.array(body['outputs'][features.PROBABILITIES_OUTPUT], np.float32)
     matches = [v for v in (1, 2) if np.array_equal(probs, expected[v])]
     assert len(matches) == 1
-    versions.append(matches[0])
-  assert versions[0] == 1 and set(versions[swapped_at:]) == {2}
+    versions.append((sent, matches[0]))
+  assert versions[0][1] == 1
+  assert {v for sent, v in versions if sent >= swapped_at} == {2}
   # Over gRPC the response names its version: 1s, then 2s, never back.
   seen = [v for _, v in grpc_answers]
   assert seen[0] == 1 and seen[-1] == 2 and seen == sorted(seen)
@@ -137,7 +141,7 @@ def test_broken_or_incomplete_versions_are_skipped(model_v1, model_v2, reference
     broken = tmp_path / 'mnist' / '3'
     broken.rename(tmp_path / 'mnist' / '.broken-3')
     push(model_v2, tmp_path, 3)
-    process.wait_for(lambda: process.served_versions(server.rest_url).get(3) == 'AVAILABLE',
-                     timeout=60, what='the repaired version 3 to load')
-    assert process.served_versions(server.rest_url) == {3: 'AVAILABLE', 1: 'END'}
+    process.wait_for(lambda: process.served_versions(server.rest_url) == {3: 'AVAILABLE',
+                                                                            1: 'END'},
+                     timeout=60, what='the repaired version 3 to replace version 1')
     assert 'Traceback' not in server.log_text()
