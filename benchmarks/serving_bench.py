@@ -23,6 +23,7 @@ logs.quiet()
 
 # pylint: disable=wrong-import-position
 import argparse
+import contextlib
 import http.client
 import json
 import shutil
@@ -140,9 +141,11 @@ def json_costs(images: np.ndarray, iterations: int = 50) -> Dict[str, float]:
 
 
 def build_model(work: Path) -> Path:
+  """The tests' small real model (~30 s); Keras's progress goes to stderr, not the report."""
   from tests.model_factory import build_serving_model  # pylint: disable=import-outside-toplevel
   train = idx.load_source(configs.SHARED_DATA_DIR, 'train', 2000)
-  build_serving_model(work / 'mnist' / '1', train.images, train.labels)
+  with contextlib.redirect_stdout(sys.stderr):
+    build_serving_model(work / 'mnist' / '1', train.images, train.labels)
   return work
 
 
