@@ -27,7 +27,6 @@ import contextlib
 import http.client
 import json
 import shutil
-import statistics
 import tempfile
 import time
 from typing import Callable, Dict, List, Optional

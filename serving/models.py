@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import grpc
 
 from serving.config import ModelPolicy
-from serving.errors import ServingError, invalid, not_found
+from serving.errors import invalid, not_found
 from serving.servable import SAVED_MODEL_FILE, Servable
 
 log = logging.getLogger(__name__)
