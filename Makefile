@@ -26,5 +26,5 @@ IMAGE ?= mnist-tfx:latest
 GPU ?= 0
 .PHONY: image
 image:            ## build the Kubeflow pipeline image: make image IMAGE=registry/mnist-tfx:tag [GPU=1]
-	docker build -f kubeflow/Dockerfile -t $(IMAGE) \
+	docker build -f kubeflow/Dockerfile -t $(IMAGE) --platform linux/amd64 \
 	  --build-arg VARIANT=$(if $(filter 1 yes true,$(GPU)),gpu,cpu) .
