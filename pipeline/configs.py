@@ -18,6 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = 'MNIST_'
 SHARED_DATA_DIR = REPO_ROOT.parent / 'shared' / 'datasets' / 'mnist'
 DOWNLOAD_CACHE_DIR = Path.home() / '.cache' / 'mnist-tfx' / 'mnist'  # components.download's default
+CURATED_SCHEMA = REPO_ROOT / 'pipeline' / 'schema' / 'schema.pbtxt'
 
 
 def default_data_dir() -> Path:
@@ -29,7 +30,7 @@ def default_data_dir() -> Path:
 class TrainingConfig:
   """Hyperparameters handed to the Trainer's `run_fn` through `custom_config`."""
   architecture: str = 'cnn'          # cnn | mlp
-  epochs: int = 3
+  epochs: int = 24
   batch_size: int = 128
   learning_rate: float = 3e-3
   lr_schedule: str = 'cosine'        # constant | exponential | cosine | onecycle | plateau
@@ -38,8 +39,8 @@ class TrainingConfig:
   weight_decay: float = 1e-4         # adamw only
   dropout: float = 0.25
   batch_norm: bool = True
-  label_smoothing: float = 0.0
-  augment: bool = False              # random shifts/rotations/zoom, training only
+  label_smoothing: float = 0.1
+  augment: bool = True               # random shifts/rotations/zoom, training only
   early_stopping_patience: int = 0   # epochs without eval improvement; 0 disables
   distribution: str = 'auto'         # auto (mirrored over GPUs, else default) | mirrored | default
   mixed_precision: str = 'auto'      # auto (on with a GPU) | on | off
@@ -64,7 +65,7 @@ class TrainingConfig:
 # Named starting points for training; environment and flags still override each field.
 PRESETS = {
     'default': {},   # TrainingConfig's own defaults: the accuracy configuration
-    'quick': {'epochs': 3},
+    'quick': {'epochs': 3, 'augment': False, 'label_smoothing': 0.0},
 }
 
 
@@ -83,6 +84,9 @@ class PipelineConfig:
   accuracy_threshold: float = 0.99     # absolute lower bound on test accuracy
   beam_workers: int = 0                # DirectRunner processes; 0 = one per core
   enable_cache: bool = True
+  schema_path: Path = CURATED_SCHEMA   # what ExampleValidator checks the data against
+  anomalies_warn_only: bool = False    # data anomalies: warn and go on instead of failing
+  min_free_mb: int = 500               # free disk space the run needs before it starts
   training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
 
   def __post_init__(self) -> None:
@@ -90,6 +94,7 @@ class PipelineConfig:
       raise ValueError(f'preset: expected one of {tuple(PRESETS)}, found {self.preset!r}')
     self.data_dir = Path(self.data_dir).expanduser().absolute()
     self.output_dir = Path(self.output_dir).expanduser().absolute()
+    self.schema_path = Path(self.schema_path).expanduser().absolute()
     self.serving_dir = (Path(self.serving_dir).expanduser().absolute()
                         if self.serving_dir else self.output_dir / 'serving')
     if self.eval_size < 1:
@@ -112,8 +117,11 @@ class PipelineConfig:
     return self.serving_dir / self.model_name
 
   def beam_pipeline_args(self) -> list[str]:
+    """One worker runs in-process: a worker process would only add its start-up (it
+    imports TensorFlow, ~20 s per Beam component) and no parallelism."""
     workers = self.beam_workers or os.cpu_count() or 1
-    return ['--direct_running_mode=multi_processing', f'--direct_num_workers={workers}']
+    mode = 'in_memory' if workers == 1 else 'multi_processing'
+    return [f'--direct_running_mode={mode}', f'--direct_num_workers={workers}']
 
 
 # ---------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def build_serving_model(export_dir: Path, images: np.ndarray, labels: np.ndarray
   """Trains on (images uint8 [n,28,28], labels) and exports a SavedModel to export_dir."""
   work = Path(tempfile.mkdtemp())
   arrays = transform(images, labels, work / 'transform')
-  cfg = cfg or TrainingConfig(epochs=3, batch_size=64)
+  cfg = cfg or TrainingConfig(epochs=3, batch_size=64, augment=False, label_smoothing=0.0)
   model = run.train(cfg, arrays, arrays, str(work / 'logs'))
   export.export_serving_model(model, tft.TFTransformOutput(str(work / 'transform')),
                               str(export_dir))

@@ -17,7 +17,7 @@ def exported(mnist_dir, tmp_path_factory):
   train = idx.load_source(mnist_dir, 'train', limit=5000)
   path = model_factory.build_serving_model(
       tmp_path_factory.mktemp('model') / '1', train.images, train.labels,
-      TrainingConfig(epochs=1))
+      TrainingConfig(epochs=1, augment=False, label_smoothing=0.0))
   return path, tf.saved_model.load(str(path)), idx.load_source(mnist_dir, 'test', limit=1000)
 
 

@@ -32,3 +32,12 @@ def test_outputs_are_probabilities_and_dropout_is_inference_free():
 def test_unknown_architecture_is_rejected():
   with pytest.raises(ValueError, match="architecture: expected one of .* found 'resnet'"):
     TrainingConfig(architecture='resnet')
+
+
+def test_augmentation_only_acts_in_training():
+  net = model.build_model(TrainingConfig(augment=True, dropout=0.0))
+  augment = net.get_layer('augmentation')
+  x = np.random.default_rng(1).random((4, 28, 28, 1), dtype=np.float32)
+  np.testing.assert_array_equal(augment(x, training=False).numpy(), x)
+  assert not np.allclose(augment(x, training=True).numpy(), x)
+  np.testing.assert_array_equal(net(x, training=False).numpy(), net(x, training=False).numpy())
