@@ -14,6 +14,7 @@ from pipeline import logs
 
 logs.quiet()
 
+from components import preflight  # pylint: disable=g-import-not-at-top
 from pipeline import configs  # pylint: disable=g-import-not-at-top
 
 
@@ -28,6 +29,13 @@ def main(argv=None) -> int:
     config = configs.load(args)
   except ValueError as e:
     parser.error(str(e))
+
+  if args.command == 'run':
+    try:
+      preflight.check(config)  # in a second, before TensorFlow is imported
+    except preflight.PreflightError as e:
+      print(f'Pipeline FAILED: {e}', file=sys.stderr)
+      return 2
 
   from pipeline import local_runner, summary  # pylint: disable=g-import-not-at-top
   if args.command == 'run':
@@ -44,7 +52,9 @@ def main(argv=None) -> int:
   result = summary.last_run(str(config.metadata_path)) if config.metadata_path.exists() else None
   print(result.format() if result else f'No runs recorded in {config.metadata_path}')
   if args.command == 'run' and failed is not None:
-    print(f'\nPipeline FAILED: {type(failed).__name__}: {failed}', file=sys.stderr)
+    hint = preflight.explain(failed)
+    print(f'\nPipeline FAILED: {type(failed).__name__}: {failed}' +
+          (f'\n{hint}' if hint else ''), file=sys.stderr)
     return 1
   return 0
 

@@ -16,6 +16,7 @@ if __name__ == '__main__':  # run as a file by TFX's CLI: make the project impor
 
 from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
 
+from components import preflight  # pylint: disable=g-import-not-at-top
 from pipeline import configs, pipeline  # pylint: disable=g-import-not-at-top
 
 
@@ -28,6 +29,8 @@ def build(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
 
 
 def run(config: configs.PipelineConfig) -> None:
+  """Checks inputs, outputs and disk space first (components/preflight.py), then runs."""
+  preflight.check(config)
   tfx.orchestration.LocalDagRunner().run(build(config))
 
 

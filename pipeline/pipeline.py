@@ -10,7 +10,11 @@ from typing import List, Optional
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from ml_metadata.proto import metadata_store_pb2
+from tfx.dsl.components.base import base_node
 
+from components import atomic_pusher
+from components.anomalies_gate import AnomaliesGate
+from components.curated_schema import CuratedSchemaGen
 from components.mnist_example_gen.component import MnistExampleGen
 from pipeline.configs import PipelineConfig
 from trainer import features
@@ -20,9 +24,10 @@ RUN_FN = 'trainer.run.run_fn'
 TRAINER_DIR = Path(__file__).resolve().parent.parent / 'trainer'
 
 # Component ids, in the order they run; summaries and tests read them back from MLMD.
-COMPONENT_IDS = ('MnistExampleGen', 'StatisticsGen', 'SchemaGen', 'ExampleValidator',
-                 'Transform', 'Trainer', 'LatestBlessedModelResolver', 'Evaluator',
-                 'Pusher')
+COMPONENT_IDS = ('MnistExampleGen', 'StatisticsGen', 'ImportSchemaGen', 'ExampleValidator',
+                 'AnomaliesGate', 'Transform', 'Trainer', 'LatestBlessedModelResolver',
+                 'Evaluator', 'Pusher')
+OVERALL_SLICE = tfma.SlicingSpec()
 
 
 def user_code_fingerprint() -> str:
@@ -35,26 +40,69 @@ def user_code_fingerprint() -> str:
 
 
 def eval_config(accuracy_threshold: float) -> tfma.EvalConfig:
-  """Gate on test accuracy: an absolute bound, and no worse than the last blessed model."""
+  """Gate on overall test accuracy: an absolute bound, and no worse than the last blessed
+  model. Per-label accuracy is computed for the record but gates nothing: a bound without
+  a slice would apply to every slice, each label's few hundred examples included."""
   return tfma.EvalConfig(
       model_specs=[tfma.ModelSpec(
           signature_name=features.SERVING_TF_EXAMPLE,
           label_key=features.LABEL_KEY,
           prediction_key=features.CLASSIFY_SCORES_OUTPUT,
           model_type=tfma.TF_GENERIC)],
-      slicing_specs=[tfma.SlicingSpec(),
-                     tfma.SlicingSpec(feature_keys=[features.LABEL_KEY])],
+      slicing_specs=[OVERALL_SLICE, tfma.SlicingSpec(feature_keys=[features.LABEL_KEY])],
       metrics_specs=[tfma.MetricsSpec(metrics=[
           tfma.MetricConfig(class_name='ExampleCount'),
           tfma.MetricConfig(
               class_name='SparseCategoricalAccuracy',
-              threshold=tfma.MetricThreshold(
-                  value_threshold=tfma.GenericValueThreshold(
-                      lower_bound={'value': accuracy_threshold}),
-                  change_threshold=tfma.GenericChangeThreshold(
-                      direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                      absolute={'value': -1e-10}))),
+              per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+                  slicing_specs=[OVERALL_SLICE],
+                  threshold=tfma.MetricThreshold(
+                      value_threshold=tfma.GenericValueThreshold(
+                          lower_bound={'value': accuracy_threshold}),
+                      change_threshold=tfma.GenericChangeThreshold(
+                          direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                          absolute={'value': -1e-10})))]),
       ])])
+
+
+def data_validation(config: PipelineConfig, examples: tfx.dsl.Channel,
+                    schema_file: Optional[str] = None) -> List[base_node.BaseNode]:
+  """Statistics, the curated schema, the check against it, and the gate that stops the
+  run on anomalies: [StatisticsGen, ImportSchemaGen, ExampleValidator, AnomaliesGate]."""
+  statistics_gen = tfx.components.StatisticsGen(examples=examples)
+  schema_gen = CuratedSchemaGen(schema_file or str(config.schema_path)).with_id(
+      'ImportSchemaGen')
+  example_validator = tfx.components.ExampleValidator(
+      statistics=statistics_gen.outputs['statistics'], schema=schema_gen.outputs['schema'])
+  gate = AnomaliesGate(anomalies=example_validator.outputs['anomalies'],
+                       warn_only=config.anomalies_warn_only).with_id('AnomaliesGate')
+  return [statistics_gen, schema_gen, example_validator, gate]
+
+
+def model_gate(config: PipelineConfig, examples: tfx.dsl.Channel, model: tfx.dsl.Channel,
+               serving_dir: Optional[str] = None) -> List[base_node.BaseNode]:
+  """The last blessed model, the Evaluator's verdict on the candidate, the atomic push:
+  [LatestBlessedModelResolver, Evaluator, Pusher]."""
+  model_resolver = tfx.dsl.Resolver(
+      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+      model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+  ).with_id('LatestBlessedModelResolver')
+
+  evaluator = tfx.components.Evaluator(
+      examples=examples,
+      example_splits=[features.TEST_SPLIT],
+      model=model,
+      baseline_model=model_resolver.outputs['model'],
+      eval_config=eval_config(config.accuracy_threshold))
+
+  pusher = atomic_pusher.AtomicPusher(
+      model=model,
+      model_blessing=evaluator.outputs['blessing'],
+      push_destination=tfx.proto.PushDestination(
+          filesystem=tfx.proto.PushDestination.Filesystem(
+              base_directory=serving_dir or str(config.model_serving_dir)))).with_id('Pusher')
+  return [model_resolver, evaluator, pusher]
 
 
 def create_pipeline(
@@ -64,64 +112,45 @@ def create_pipeline(
     serving_dir: Optional[str] = None,
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     beam_pipeline_args: Optional[List[str]] = None,
+    schema_file: Optional[str] = None,
+    example_gen: Optional[base_node.BaseNode] = None,
 ) -> tfx.dsl.Pipeline:
-  """The whole DAG. Paths default to the config's local folders; Kubeflow passes its own."""
-  example_gen = MnistExampleGen(
+  """The whole DAG. Paths default to the config's local folders; Kubeflow passes its own.
+  `example_gen` replaces the MNIST ExampleGen by any node with an `examples` output (the
+  reliability tests feed hand-written bad examples through the real DAG that way)."""
+  example_gen = example_gen or MnistExampleGen(
       data_dir=data_dir or str(config.data_dir), eval_size=config.eval_size,
       limit_train=config.limit_train, limit_test=config.limit_test)
+  examples = example_gen.outputs['examples']
 
-  statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs['examples'])
-
-  schema_gen = tfx.components.SchemaGen(
-      statistics=statistics_gen.outputs['statistics'], infer_feature_shape=True)
-
-  example_validator = tfx.components.ExampleValidator(
-      statistics=statistics_gen.outputs['statistics'], schema=schema_gen.outputs['schema'])
+  validation = data_validation(config, examples, schema_file)
+  schema = validation[1].outputs['schema']
 
   fingerprint = user_code_fingerprint()
   transform = tfx.components.Transform(
-      examples=example_gen.outputs['examples'],
-      schema=schema_gen.outputs['schema'],
+      examples=examples,
+      schema=schema,
       preprocessing_fn=PREPROCESSING_FN,
       splits_config=tfx.proto.SplitsConfig(analyze=[features.TRAIN_SPLIT]),
       materialize=False,  # the Trainer applies the transform graph as it reads (trainer/data.py)
       custom_config={'code_fingerprint': fingerprint})
+  transform.add_upstream_node(validation[-1])  # nothing trains on data the gate stopped
 
   trainer = tfx.components.Trainer(
       run_fn=RUN_FN,
-      examples=example_gen.outputs['examples'],
+      examples=examples,
       transform_graph=transform.outputs['transform_graph'],
-      schema=schema_gen.outputs['schema'],
+      schema=schema,
       train_args=tfx.proto.TrainArgs(splits=[features.TRAIN_SPLIT]),
       eval_args=tfx.proto.EvalArgs(splits=[features.EVAL_SPLIT]),
       custom_config={'training': dataclasses.asdict(config.training),
                      'code_fingerprint': fingerprint})
 
-  model_resolver = tfx.dsl.Resolver(
-      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-      model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-  ).with_id('LatestBlessedModelResolver')
-
-  evaluator = tfx.components.Evaluator(
-      examples=example_gen.outputs['examples'],
-      example_splits=[features.TEST_SPLIT],
-      model=trainer.outputs['model'],
-      baseline_model=model_resolver.outputs['model'],
-      eval_config=eval_config(config.accuracy_threshold))
-
-  pusher = tfx.components.Pusher(
-      model=trainer.outputs['model'],
-      model_blessing=evaluator.outputs['blessing'],
-      push_destination=tfx.proto.PushDestination(
-          filesystem=tfx.proto.PushDestination.Filesystem(
-              base_directory=serving_dir or str(config.model_serving_dir))))
-
   return tfx.dsl.Pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=pipeline_root or str(config.pipeline_root),
-      components=[example_gen, statistics_gen, schema_gen, example_validator, transform,
-                  trainer, model_resolver, evaluator, pusher],
+      components=[example_gen, *validation, transform, trainer,
+                  *model_gate(config, examples, trainer.outputs['model'], serving_dir)],
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=(beam_pipeline_args if beam_pipeline_args is not None

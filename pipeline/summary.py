@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Dict, List, Optional
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 import tensorflow_model_analysis as tfma
 
-from trainer import features
 
 PIPELINE_RUN_CONTEXT = 'pipeline_run'
 NODE_CONTEXT = 'node'
@@ -22,6 +22,7 @@ STATES = {
     metadata_store_pb2.Execution.CANCELED: 'canceled',
 }
 ACCURACY_METRIC = 'sparse_categorical_accuracy'
+GATE_ID = 'AnomaliesGate'
 
 
 @dataclasses.dataclass
@@ -38,6 +39,11 @@ class RunSummary:
   test_accuracy: Optional[float] = None
   blessed: Optional[bool] = None
   pushed_to: Optional[str] = None
+  anomalies: List[str] = dataclasses.field(default_factory=list)   # ExampleValidator's
+  not_blessed_because: List[str] = dataclasses.field(default_factory=list)
+
+  def state(self, component_id: str) -> Optional[str]:
+    return next((c.state for c in self.components if c.component_id == component_id), None)
 
   def format(self) -> str:
     lines = [f'Run {self.run_id}', f'  {"component":<28} {"status":<8} {"seconds":>8}']
@@ -45,10 +51,17 @@ class RunSummary:
       lines.append(f'  {c.component_id:<28} {c.state:<8} {c.seconds:>8.1f}')
     total = sum(c.seconds for c in self.components)
     lines.append(f'  {"total":<28} {"":<8} {total:>8.1f}')
+    if self.anomalies:
+      verdict = {'FAILED': 'the run stopped before training',
+                 'done': 'warn-only: the run went on', 'cached': 'warn-only: the run went on'}
+      lines.append(f'  data anomalies: {len(self.anomalies)} '
+                   f'({verdict.get(self.state(GATE_ID) or "", "see AnomaliesGate")})')
+      lines += [f'    - {a}' for a in self.anomalies]
     if self.test_accuracy is not None:
       lines.append(f'  test accuracy: {self.test_accuracy:.4f}')
     if self.blessed is not None:
       lines.append(f'  blessed: {"yes" if self.blessed else "no"}')
+      lines += [f'    - {reason}' for reason in self.not_blessed_because]
     lines.append(f'  pushed: {self.pushed_to or "no"}')
     return '\n'.join(lines)
 
@@ -79,6 +92,54 @@ def read_test_accuracy(evaluation_uri: str) -> Optional[float]:
   return None
 
 
+def _threshold_text(threshold) -> str:
+  """`>= 0.99` for a value bound; `change >= -1e-10 vs the last blessed model` for a
+  change bound (TFMA reports each failed bound on its own)."""
+  parts = []
+  if threshold.HasField('value_threshold'):
+    bound = threshold.value_threshold
+    parts += [f'>= {bound.lower_bound.value:g}'] if bound.HasField('lower_bound') else []
+    parts += [f'<= {bound.upper_bound.value:g}'] if bound.HasField('upper_bound') else []
+  if threshold.HasField('change_threshold'):
+    bound = threshold.change_threshold
+    sign = '>=' if bound.direction == tfma.MetricDirection.HIGHER_IS_BETTER else '<='
+    changes = ([f'change {sign} {bound.absolute.value:g}'] if bound.HasField('absolute')
+               else []) + ([f'relative change {sign} {bound.relative.value:g}']
+                           if bound.HasField('relative') else [])
+    parts.append(' and '.join(changes) + ' vs the last blessed model')
+  return ' and '.join(parts) or 'none'
+
+
+def _slice_text(slice_key) -> str:
+  keys = [f'{k.column}={k.WhichOneof("kind") and getattr(k, k.WhichOneof("kind"))}'
+          for k in slice_key.single_slice_keys]
+  return ', '.join(keys) or 'overall'
+
+
+def read_gate_failures(evaluation_uri: str) -> List[str]:
+  """Why the Evaluator did not bless: each failed bound as metric, value and bound."""
+  result = tfma.load_validation_result(evaluation_uri)
+  reasons = []
+  for per_slice in result.metric_validations_per_slice:
+    for failure in per_slice.failures:
+      key = failure.metric_key
+      what = 'change vs the last blessed model' if key.is_diff else 'value'
+      reasons.append(f'{key.name} ({_slice_text(per_slice.slice_key)} slice): {what} '
+                     f'{failure.metric_value.double_value.value:.4f}, bound '
+                     f'{_threshold_text(failure.metric_threshold)}'
+                     + (f' ({failure.message.strip()})' if failure.message.strip() else ''))
+  reasons += [f'slice with no examples: {s}' for s in result.missing_slices]
+  if result.missing_thresholds:
+    reasons.append('a threshold had no metric to check')
+  return reasons
+
+
+def read_anomaly_lines(artifact: metadata_store_pb2.Artifact) -> List[str]:
+  from components import anomalies_gate  # pylint: disable=import-outside-toplevel
+  splits = json.loads(artifact.properties['split_names'].string_value or '[]')
+  return [str(a) for a in anomalies_gate.read_anomalies_at(artifact.uri, splits)]
+
+
 def last_run(metadata_path: str, run_id: Optional[str] = None) -> Optional[RunSummary]:
   """A pipeline run (the newest unless `run_id` names one), per-component state and time."""
   store = _store(metadata_path)
@@ -106,6 +167,9 @@ def last_run(metadata_path: str, run_id: Optional[str] = None) -> Optional[RunSu
         summary.blessed = bool(props['blessed'].int_value) if 'blessed' in props else None
       elif component_id == 'Evaluator' and artifact.type == 'ModelEvaluation':
         summary.test_accuracy = read_test_accuracy(artifact.uri)
+        summary.not_blessed_because = read_gate_failures(artifact.uri)
+      elif artifact.type == 'ExampleAnomalies' and artifact.state == artifact.LIVE:
+        summary.anomalies = read_anomaly_lines(artifact)
       elif component_id == 'Pusher' and props.get('pushed') and props['pushed'].int_value:
         summary.pushed_to = props['pushed_destination'].string_value
   return summary

@@ -95,6 +95,6 @@ def test_second_run_through_tfx_cli_is_served_from_cache(runs):
   all_runs = _runs_in_order(config)
   assert len(all_runs) == 2
   states = {c.component_id: c.state for c in all_runs[1].components}
-  for component_id in ('MnistExampleGen', 'StatisticsGen', 'SchemaGen', 'ExampleValidator',
-                       'Transform', 'Trainer'):
+  for component_id in ('MnistExampleGen', 'StatisticsGen', 'ImportSchemaGen', 'ExampleValidator',
+                       'AnomaliesGate', 'Transform', 'Trainer'):
     assert states[component_id] == 'cached', states
