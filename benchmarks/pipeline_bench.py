@@ -21,7 +21,11 @@ import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from pipeline import configs, summary
+from pipeline import logs
+
+logs.quiet()
+
+from pipeline import configs, summary  # pylint: disable=g-import-not-at-top
 
 STAGES = ('ExampleGen', 'StatisticsGen', 'SchemaGen', 'ExampleValidator', 'Transform',
           'Trainer', 'Evaluator', 'Pusher')
