@@ -145,15 +145,17 @@ def _items(text: str) -> List[str]:
 # Overrides from the environment and the command line, as in pipeline/configs.py: every
 # field is a flag `--field-name` and an environment variable `MNIST_KFP_FIELD_NAME`.
 
+def _env_names(field: dataclasses.Field) -> List[str]:
+  return [ENV_PREFIX + field.name.upper(), *ENV_ALIASES.get(field.name, ())]
+
+
+def _fields() -> configs.Fields:
+  return [('KubeflowConfig', f) for f in dataclasses.fields(KubeflowConfig)]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  """Adds one `--flag` per field; unset flags stay None so env/defaults apply."""
   group = parser.add_argument_group('Kubeflow (KubeflowConfig)')
-  for field in dataclasses.fields(KubeflowConfig):
-    envs = [ENV_PREFIX + field.name.upper(), *ENV_ALIASES.get(field.name, ())]
-    group.add_argument('--' + field.name.replace('_', '-'), dest='kfp_' + field.name,
-                       default=None, metavar=field.name.upper(),
-                       help=f'KubeflowConfig.{field.name} (env {" or ".join(envs)}; '
-                            f'default {field.default!r})')
+  configs.add_field_arguments(group, _fields(), _env_names, dest_prefix='kfp_')
 
 
 def load(args: Optional[argparse.Namespace] = None,
@@ -161,20 +163,6 @@ def load(args: Optional[argparse.Namespace] = None,
          **overrides: Any) -> KubeflowConfig:
   """Builds the config: defaults < environment < CLI flags < keyword overrides."""
   environ = os.environ if environ is None else environ
-  values: Dict[str, Any] = {}
-  for field in dataclasses.fields(KubeflowConfig):
-    text = None
-    for env in (ENV_PREFIX + field.name.upper(), *ENV_ALIASES.get(field.name, ())):
-      if environ.get(env):
-        text = environ[env]
-        break
-    cli = getattr(args, 'kfp_' + field.name, None) if args is not None else None
-    if cli is not None:
-      text = cli
-    if text is not None:
-      try:
-        values[field.name] = configs._parse_value(field, str(text))  # pylint: disable=protected-access
-      except ValueError as e:
-        raise ValueError(f'invalid value for {field.name}: {e}') from None
+  values = configs.read_field_values(_fields(), args, environ, _env_names, dest_prefix='kfp_')
   values.update(overrides)
   return KubeflowConfig(**values)

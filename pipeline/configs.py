@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = 'MNIST_'
@@ -126,15 +126,24 @@ class PipelineConfig:
 
 # ---------------------------------------------------------------------------
 # Overrides from the environment and the command line. Every field of both dataclasses
-# is a flag `--field-name` and an environment variable `MNIST_FIELD_NAME`.
+# is a flag `--field-name` and an environment variable `MNIST_FIELD_NAME`. The helpers
+# take any dataclass fields, so kubeflow/config.py builds its config the same way.
 
-def _fields() -> list[tuple[type, dataclasses.Field]]:
-  return ([(PipelineConfig, f) for f in dataclasses.fields(PipelineConfig)
+Fields = Sequence[Tuple[str, dataclasses.Field]]  # (owner class name, field)
+EnvNames = Callable[[dataclasses.Field], Sequence[str]]
+
+
+def _fields() -> Fields:
+  return ([('PipelineConfig', f) for f in dataclasses.fields(PipelineConfig)
            if f.name != 'training'] +
-          [(TrainingConfig, f) for f in dataclasses.fields(TrainingConfig)])
+          [('TrainingConfig', f) for f in dataclasses.fields(TrainingConfig)])
 
 
-def _parse_value(field: dataclasses.Field, text: str) -> Any:
+def _env_names(field: dataclasses.Field) -> Sequence[str]:
+  return [ENV_PREFIX + field.name.upper()]
+
+
+def parse_value(field: dataclasses.Field, text: str) -> Any:
   kind = field.type if isinstance(field.type, str) else field.type.__name__
   if kind == 'bool':
     lowered = text.strip().lower()
@@ -148,13 +157,37 @@ def _parse_value(field: dataclasses.Field, text: str) -> Any:
   return text  # str and paths; paths are resolved in __post_init__
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  """Adds one `--flag` per config field; unset flags stay None so env/defaults apply."""
-  for owner, field in _fields():
-    parser.add_argument('--' + field.name.replace('_', '-'), dest=field.name,
+def add_field_arguments(parser: Union[argparse.ArgumentParser, argparse._ArgumentGroup],
+                        fields: Fields, env_names: EnvNames, dest_prefix: str = '') -> None:
+  """One `--flag` per field; unset flags stay None so environment and defaults apply."""
+  for owner, field in fields:
+    default = field.default if field.default is not dataclasses.MISSING else '(computed)'
+    parser.add_argument('--' + field.name.replace('_', '-'), dest=dest_prefix + field.name,
                         default=None, metavar=field.name.upper(),
-                        help=f'{owner.__name__}.{field.name} '
-                             f'(env {ENV_PREFIX}{field.name.upper()})')
+                        help=f'{owner}.{field.name} (env {" or ".join(env_names(field))}; '
+                             f'default {default})')
+
+
+def read_field_values(fields: Fields, args: Optional[argparse.Namespace],
+                      environ: Mapping[str, str], env_names: EnvNames,
+                      dest_prefix: str = '') -> Dict[str, Any]:
+  """Parsed values of the fields set in the environment or on the command line."""
+  values: Dict[str, Any] = {}
+  for _, field in fields:
+    text = next((environ[name] for name in env_names(field) if environ.get(name)), None)
+    cli = getattr(args, dest_prefix + field.name, None) if args is not None else None
+    if cli is not None:
+      text = cli
+    if text is not None:
+      try:
+        values[field.name] = parse_value(field, str(text))
+      except ValueError as e:
+        raise ValueError(f'invalid value for {field.name}: {e}') from None
+  return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  add_field_arguments(parser, _fields(), _env_names)
 
 
 def load(args: Optional[argparse.Namespace] = None,
@@ -162,17 +195,7 @@ def load(args: Optional[argparse.Namespace] = None,
          **overrides: Any) -> PipelineConfig:
   """Builds the config: defaults < preset < environment < CLI flags < keyword overrides."""
   environ = os.environ if environ is None else environ
-  values: dict[str, Any] = {}
-  for _, field in _fields():
-    text = environ.get(ENV_PREFIX + field.name.upper())
-    cli = getattr(args, field.name, None) if args is not None else None
-    if cli is not None:
-      text = cli
-    if text is not None:
-      try:
-        values[field.name] = _parse_value(field, str(text))
-      except ValueError as e:
-        raise ValueError(f'invalid value for {field.name}: {e}') from None
+  values = read_field_values(_fields(), args, environ, _env_names)
   values.update(overrides)
   training_names = {f.name for f in dataclasses.fields(TrainingConfig)}
   training = TrainingConfig(**{**PRESETS.get(values.get('preset', 'default'), {}),
