@@ -96,6 +96,14 @@ def _check_input(name: str, value: np.ndarray, info: TensorInfo, max_batch: int)
   if value.ndim and value.shape[0] > max_batch:
     raise invalid(f'Batch size {value.shape[0]} of input "{name}" exceeds the server\'s '
                   f'maximum batch size of {max_batch}')
+  if value.dtype.kind == 'f' and not np.isfinite(value).all():
+    raise invalid(f'Input "{name}" holds NaN or infinite values')
+  if name == features.PIXELS_INPUT and value.size and (
+      value.min() < 0 or value.max() > features.PIXEL_MAX):
+    # Stricter than TF Serving, which passes any float: a pixel outside 0-255 is a client
+    # bug (wrong scaling, say) that the model's clipping would otherwise hide.
+    raise invalid(f'Input "{name}" expects pixel values 0-{features.PIXEL_MAX}, found '
+                  f'{value.min():g} to {value.max():g}')
 
 
 def _op_error_text(message: str) -> str:

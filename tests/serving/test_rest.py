@@ -157,12 +157,12 @@ def test_predict_b64_serialized_examples(server, reference, mnist_test):
   assert body['predictions'][0][features.CLASSIFY_CLASSES_OUTPUT] == [str(i) for i in range(10)]
 
 
-def test_nan_and_infinity_tokens_are_accepted(server):
+def test_nan_and_infinity_tokens_parse_but_are_rejected(server):
   image = [[0.0] * 28 for _ in range(28)]
   image[0][0], image[0][1] = 'NaN', 'Infinity'
   raw = ('{"instances": [%s]}' % str(image).replace("'", '')).encode()
   status, body = call(model_url(server, ':predict'), raw=raw)
-  assert status == 200, body
+  assert status == 400 and 'NaN or infinite' in body['error'], body
 
 
 BAD_REQUESTS = [
