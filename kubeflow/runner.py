@@ -91,28 +91,10 @@ def build(config: PipelineConfig, kfp: KubeflowConfig):
   check_locations(kfp)
   dag = pipeline.create_pipeline(
       config, pipeline_root=kfp.pipeline_root, data_dir=kfp.data_uri,
-      serving_dir=model_serving_uri(config, kfp), beam_pipeline_args=beam_args(config, kfp))
-  if not kfp.baseline_model:
-    drop_baseline_resolver(dag)
+      serving_dir=model_serving_uri(config, kfp), beam_pipeline_args=beam_args(config, kfp),
+      baseline_model=kfp.baseline_model)
   attach_resources(dag, kfp)
   return dag
-
-
-def _component(dag, component_id: str):
-  for component in dag.components:
-    if component.id == component_id:
-      return component
-  raise CompileError(f'the DAG has no component {component_id!r} '
-                     f'(has: {", ".join(c.id for c in dag.components)})')
-
-
-def drop_baseline_resolver(dag) -> None:
-  """Removes the resolver and the Evaluator's baseline input (see the module doc)."""
-  evaluator = _component(dag, EVALUATOR_ID)
-  resolver = _component(dag, RESOLVER_ID)
-  evaluator.spec.inputs.pop(BASELINE_MODEL_KEY, None)
-  evaluator.remove_upstream_node(resolver)  # and the resolver's downstream edge
-  dag.components = [c for c in dag.components if c is not resolver]
 
 
 def resource_spec(kfp: KubeflowConfig, gpus: int = 0):

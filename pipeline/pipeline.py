@@ -80,9 +80,11 @@ def data_validation(config: PipelineConfig, examples: tfx.dsl.Channel,
 
 
 def model_gate(config: PipelineConfig, examples: tfx.dsl.Channel, model: tfx.dsl.Channel,
-               serving_dir: Optional[str] = None) -> List[base_node.BaseNode]:
+               serving_dir: Optional[str] = None,
+               baseline_model: bool = True) -> List[base_node.BaseNode]:
   """The last blessed model, the Evaluator's verdict on the candidate, the atomic push:
-  [LatestBlessedModelResolver, Evaluator, Pusher]."""
+  [LatestBlessedModelResolver, Evaluator, Pusher]. Without `baseline_model` (backends that
+  cannot run resolvers, e.g. open-source Kubeflow) only the absolute bound gates."""
   model_resolver = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
       model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
@@ -93,7 +95,7 @@ def model_gate(config: PipelineConfig, examples: tfx.dsl.Channel, model: tfx.dsl
       examples=examples,
       example_splits=[features.TEST_SPLIT],
       model=model,
-      baseline_model=model_resolver.outputs['model'],
+      baseline_model=model_resolver.outputs['model'] if baseline_model else None,
       eval_config=eval_config(config.accuracy_threshold))
 
   pusher = atomic_pusher.AtomicPusher(
@@ -102,7 +104,7 @@ def model_gate(config: PipelineConfig, examples: tfx.dsl.Channel, model: tfx.dsl
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(
               base_directory=serving_dir or str(config.model_serving_dir)))).with_id('Pusher')
-  return [model_resolver, evaluator, pusher]
+  return [model_resolver, evaluator, pusher] if baseline_model else [evaluator, pusher]
 
 
 def create_pipeline(
@@ -114,6 +116,7 @@ def create_pipeline(
     beam_pipeline_args: Optional[List[str]] = None,
     schema_file: Optional[str] = None,
     example_gen: Optional[base_node.BaseNode] = None,
+    baseline_model: bool = True,
 ) -> tfx.dsl.Pipeline:
   """The whole DAG. Paths default to the config's local folders; Kubeflow passes its own.
   `example_gen` replaces the MNIST ExampleGen by any node with an `examples` output (the
@@ -150,7 +153,8 @@ def create_pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=pipeline_root or str(config.pipeline_root),
       components=[example_gen, *validation, transform, trainer,
-                  *model_gate(config, examples, trainer.outputs['model'], serving_dir)],
+                  *model_gate(config, examples, trainer.outputs['model'], serving_dir,
+                             baseline_model)],
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=(beam_pipeline_args if beam_pipeline_args is not None
