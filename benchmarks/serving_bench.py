@@ -79,35 +79,32 @@ def in_process_call(model_path: Path, images: np.ndarray) -> Callable[[], object
   return call
 
 
-def rest_call(port: int, images: np.ndarray) -> Callable[[], object]:
+def _rest_call(port: int, encode: Callable[[], bytes],
+               decode: Callable[[bytes], object]) -> Callable[[], object]:
   connection = http.client.HTTPConnection('127.0.0.1', port)
-  pixels = images.tolist()
-  def call() -> Dict[str, object]:
-    body = json.dumps({'instances': pixels}).encode()
-    connection.request('POST', '/v1/models/mnist:predict', body=body,
+  def call() -> object:
+    connection.request('POST', '/v1/models/mnist:predict', body=encode(),
                        headers={'Content-Type': 'application/json'})
     response = connection.getresponse()
     payload = response.read()
     if response.status != 200:
       raise RuntimeError(payload)
-    return json.loads(payload)
+    return decode(payload)
   return call
+
+
+def rest_call(port: int, images: np.ndarray) -> Callable[[], object]:
+  """What serving.client sends: the standard library's JSON."""
+  pixels = images.tolist()
+  return _rest_call(port, lambda: json.dumps({'instances': pixels}).encode(), json.loads)
 
 
 def rest_orjson_call(port: int, images: np.ndarray) -> Callable[[], object]:
   """The same request, encoded by orjson straight from the numpy array."""
   import orjson  # pylint: disable=import-outside-toplevel
-  connection = http.client.HTTPConnection('127.0.0.1', port)
-  def call() -> Dict[str, object]:
-    body = orjson.dumps({'instances': images}, option=orjson.OPT_SERIALIZE_NUMPY)
-    connection.request('POST', '/v1/models/mnist:predict', body=body,
-                       headers={'Content-Type': 'application/json'})
-    response = connection.getresponse()
-    payload = response.read()
-    if response.status != 200:
-      raise RuntimeError(payload)
-    return orjson.loads(payload)
-  return call
+  return _rest_call(
+      port, lambda: orjson.dumps({'instances': images}, option=orjson.OPT_SERIALIZE_NUMPY),
+      orjson.loads)
 
 
 def grpc_call(target: str, images: np.ndarray) -> Callable[[], object]:
