@@ -3,9 +3,12 @@
 The baseline for benchmarks/pipeline_bench.py. The example ships inside the tfx wheel; it
 expects TFRecords of `image_floats` (784 floats in [-0.5, 0.5]) and `image_class` (int),
 which this script writes from the same IDX files, then runs the example's own
-`_create_pipeline` with LocalDagRunner and the same Beam settings as our pipeline.
+`_create_pipeline` with LocalDagRunner, with the example's own Beam settings (multi-process,
+one worker per core) or, with --our-beam-settings, our pipeline's.
 
-  python -m benchmarks.tfx_mnist_example --work-dir DIR [--data-dir DIR]
+  python -m benchmarks.tfx_mnist_example --work-dir DIR [--data-dir DIR] [--prepare-only]
+      [--our-beam-settings]
+(--prepare-only writes the TFRecords and stops, so a benchmark can time the run alone.)
 """
 
 from __future__ import annotations
@@ -50,13 +53,16 @@ def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument('--work-dir', type=Path, required=True)
   parser.add_argument('--data-dir', type=Path, default=configs.default_data_dir())
+  parser.add_argument('--prepare-only', action='store_true')
+  parser.add_argument('--our-beam-settings', action='store_true')
   args = parser.parse_args()
   work = args.work_dir.absolute()
   data_root = work / 'data'
   if not data_root.exists():
     write_example_records(args.data_dir, data_root / 'mnist.tfrecord')
+  if args.prepare_only:
+    return
   logs.show_progress()
-  config = configs.load(environ={})  # the same Beam settings as our pipeline
   pipeline = example._create_pipeline(  # pylint: disable=protected-access
       pipeline_name=PIPELINE_NAME,
       pipeline_root=str(work / 'pipeline_root'),
@@ -65,7 +71,9 @@ def main() -> None:
                                'mnist_utils_native_keras.py'),
       serving_model_dir=str(work / 'serving'),
       metadata_path=str(work / 'metadata.db'),
-      beam_pipeline_args=config.beam_pipeline_args())
+      beam_pipeline_args=(configs.load(environ={}).beam_pipeline_args()
+                          if args.our_beam_settings
+                          else example._beam_pipeline_args))  # pylint: disable=protected-access
   tfx.orchestration.LocalDagRunner().run(pipeline)
 
 
