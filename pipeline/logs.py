@@ -30,7 +30,8 @@ KNOWN_NOISY_WARNINGS = (
     r'.*Please use .* instead.*', r'.*apply_shuffle_transform.*',
     r'.*Beam worker.*', r'.*Skipping import of.*', r'ArtifactQuery.property_predicate',
     r'.*does not have payload_format custom property',
-    r'Worker: .*(No semi_persistent_directory|Discarding unparseable args|python-snappy)',
+    r'(Worker: .*)?(No semi_persistent_directory|Discarding unparseable args)',
+    r".*Couldn't find python-snappy",
 )
 
 
