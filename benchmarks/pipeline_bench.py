@@ -56,8 +56,8 @@ def stage_times(metadata_path: Path) -> Tuple[Dict[str, float], summary.RunSumma
   run = summary.last_run(str(metadata_path))
   times: Dict[str, float] = {}
   for component in run.components:
-    times[stage_of(component.component_id)] = (
-        times.get(stage_of(component.component_id), 0.0) + component.seconds)
+    stage = stage_of(component.component_id)
+    times[stage] = times.get(stage, 0.0) + component.seconds
   return times, run
 
 

@@ -95,9 +95,10 @@ def check_free_space(config: PipelineConfig) -> List[str]:
   problems, devices = [], set()
   for path in (config.output_dir, config.serving_dir):
     existing = next(p for p in [path, *path.parents] if p.exists())
-    if os.stat(existing).st_dev in devices:
+    device = os.stat(existing).st_dev
+    if device in devices:
       continue  # one message per filesystem
-    devices.add(os.stat(existing).st_dev)
+    devices.add(device)
     free = shutil.disk_usage(existing).free
     if free < config.min_free_mb * MB:
       problems.append(f'{path}: only {free // MB} MB free on its filesystem, the run needs '

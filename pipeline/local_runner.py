@@ -29,12 +29,14 @@ def build(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
 
 
 def run(config: configs.PipelineConfig) -> None:
-  """Checks inputs, outputs and disk space first (components/preflight.py), then runs."""
-  preflight.check(config)
+  """Callers check inputs, outputs and disk space first (components/preflight.py):
+  `python -m pipeline run` does it before TensorFlow is even imported."""
   tfx.orchestration.LocalDagRunner().run(build(config))
 
 
 if __name__ == '__main__':
   from pipeline import logs  # pylint: disable=g-import-not-at-top,reimported
   logs.show_progress()
-  run(configs.parse())
+  config = configs.parse()
+  preflight.check(config)
+  run(config)
