@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from kubeflow.config import GFILE_SCHEMES, KubeflowConfig
-from pipeline.configs import PipelineConfig
+from pipeline.configs import NO_EXTRA_PACKAGES, PipelineConfig
 
 ENTRYPOINT_COMMAND = ('python', '-m', 'kubeflow.entrypoint')
 TRAINER_ID = 'Trainer'
@@ -37,6 +37,9 @@ EXAMPLE_GEN_ID = 'MnistExampleGen'
 EVALUATOR_ID = 'Evaluator'
 RESOLVER_ID = 'LatestBlessedModelResolver'
 BASELINE_MODEL_KEY = 'baseline_model'
+# Beam options through which a user ships dependencies to remote workers.
+BEAM_DEPENDENCY_OPTIONS = ('extra_packages', 'setup_file', 'requirements_file',
+                           'sdk_container_image', 'worker_harness_container_image')
 
 
 class CompileError(ValueError):
@@ -56,11 +59,18 @@ def model_serving_uri(config: PipelineConfig, kfp: KubeflowConfig) -> str:
 def beam_args(config: PipelineConfig, kfp: KubeflowConfig) -> List[str]:
   """The Beam flags every task gets. DirectRunner workers: `beam_workers` if set, else
   the task's CPU limit, else 0, which Beam reads as one per core of the node the task
-  runs on (PipelineConfig.beam_pipeline_args would count the compiling machine's)."""
+  runs on (PipelineConfig.beam_pipeline_args would count the compiling machine's). Other
+  runners (e.g. Dataflow) get the flags as given; TFX packages itself for their workers
+  unless one of BEAM_DEPENDENCY_OPTIONS is set."""
+  from apache_beam.options import pipeline_options  # pylint: disable=import-outside-toplevel
   args = shlex.split(kfp.beam_args)
-  if not any(arg.startswith('--direct_num_workers') for arg in args):
-    workers = config.beam_workers or (max(1, int(kfp.cpu_limit)) if kfp.cpu_limit else 0)
-    args.append(f'--direct_num_workers={workers}')
+  options = pipeline_options.PipelineOptions(args).get_all_options()
+  if options['runner'] in (None, 'DirectRunner'):
+    if not any(arg.startswith('--direct_num_workers') for arg in args):
+      workers = config.beam_workers or (max(1, int(kfp.cpu_limit)) if kfp.cpu_limit else 0)
+      args.append(f'--direct_num_workers={workers}')
+    if not any(options[flag] for flag in BEAM_DEPENDENCY_OPTIONS):
+      args.append(NO_EXTRA_PACKAGES)  # the task's image has everything installed
   return args
 
 
@@ -139,14 +149,15 @@ def kubernetes_platform_spec(kfp: KubeflowConfig, executors: List[str]) -> Dict[
 
 def compile_spec(config: PipelineConfig, kfp: KubeflowConfig) -> Dict[str, Any]:
   """The pipeline spec as a dict (schema 2.1), adapted as the module doc says."""
-  from google.protobuf import json_format  # pylint: disable=import-outside-toplevel
-  from tfx.orchestration.kubeflow.v2 import pipeline_builder  # pylint: disable=import-outside-toplevel
-  from tfx.v1.orchestration import experimental  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from google.protobuf import json_format
+  from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner as v2, pipeline_builder
+  # pylint: enable=import-outside-toplevel
   images: Any = kfp.image
   if kfp.trainer_image != kfp.image:
     images = {pipeline_builder.DEFAULT_IMAGE_PATH_KEY: kfp.image, TRAINER_ID: kfp.trainer_image}
-  runner = experimental.KubeflowV2DagRunner(
-      config=experimental.KubeflowV2DagRunnerConfig(
+  runner = v2.KubeflowV2DagRunner(
+      config=v2.KubeflowV2DagRunnerConfig(
           default_image=images, default_commands=list(ENTRYPOINT_COMMAND),
           use_pipeline_spec_2_1=True))
   job = runner.run(build(config, kfp), write_out=False)

@@ -14,24 +14,28 @@ if __name__ == '__main__':  # run as a file by TFX's CLI: make the project impor
   from pipeline import logs
   logs.quiet()
 
-from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top
+from tfx.orchestration import metadata  # not tfx.v1: see pipeline/pipeline.py
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+from tfx.orchestration.pipeline import Pipeline
 
-from components import preflight  # pylint: disable=g-import-not-at-top
-from pipeline import configs, pipeline  # pylint: disable=g-import-not-at-top
+from components import preflight
+from pipeline import configs, pipeline
+# pylint: enable=g-import-not-at-top
 
 
-def build(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
+def build(config: configs.PipelineConfig) -> Pipeline:
   config.metadata_path.parent.mkdir(parents=True, exist_ok=True)
   return pipeline.create_pipeline(
       config,
-      metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+      metadata_connection_config=metadata.sqlite_metadata_connection_config(
           str(config.metadata_path)))
 
 
 def run(config: configs.PipelineConfig) -> None:
   """Callers check inputs, outputs and disk space first (components/preflight.py):
   `python -m pipeline run` does it before TensorFlow is even imported."""
-  tfx.orchestration.LocalDagRunner().run(build(config))
+  LocalDagRunner().run(build(config))
 
 
 if __name__ == '__main__':

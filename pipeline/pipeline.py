@@ -8,9 +8,18 @@ from pathlib import Path
 from typing import List, Optional
 
 import tensorflow_model_analysis as tfma
-from tfx import v1 as tfx
 from ml_metadata.proto import metadata_store_pb2
+# TFX's own modules rather than `tfx.v1`: importing `tfx.v1` also imports its Google Cloud
+# extensions (google.cloud.aiplatform), ~6 s of every command's start-up on 2 cores.
+from tfx.components import Evaluator, ExampleValidator, StatisticsGen, Trainer, Transform
 from tfx.dsl.components.base import base_node
+from tfx.dsl.components.common.resolver import Resolver
+from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
+    LatestBlessedModelStrategy)
+from tfx.orchestration.pipeline import Pipeline
+from tfx.proto import pusher_pb2, trainer_pb2, transform_pb2
+from tfx.types import standard_artifacts
+from tfx.types.channel import Channel
 
 from components import atomic_pusher
 from components.anomalies_gate import AnomaliesGate
@@ -65,33 +74,33 @@ def eval_config(accuracy_threshold: float) -> tfma.EvalConfig:
       ])])
 
 
-def data_validation(config: PipelineConfig, examples: tfx.dsl.Channel,
+def data_validation(config: PipelineConfig, examples: Channel,
                     schema_file: Optional[str] = None) -> List[base_node.BaseNode]:
   """Statistics, the curated schema, the check against it, and the gate that stops the
   run on anomalies: [StatisticsGen, ImportSchemaGen, ExampleValidator, AnomaliesGate]."""
-  statistics_gen = tfx.components.StatisticsGen(examples=examples)
+  statistics_gen = StatisticsGen(examples=examples)
   schema_gen = CuratedSchemaGen(schema_file or str(config.schema_path)).with_id(
       'ImportSchemaGen')
-  example_validator = tfx.components.ExampleValidator(
+  example_validator = ExampleValidator(
       statistics=statistics_gen.outputs['statistics'], schema=schema_gen.outputs['schema'])
   gate = AnomaliesGate(anomalies=example_validator.outputs['anomalies'],
                        warn_only=config.anomalies_warn_only).with_id('AnomaliesGate')
   return [statistics_gen, schema_gen, example_validator, gate]
 
 
-def model_gate(config: PipelineConfig, examples: tfx.dsl.Channel, model: tfx.dsl.Channel,
+def model_gate(config: PipelineConfig, examples: Channel, model: Channel,
                serving_dir: Optional[str] = None,
                baseline_model: bool = True) -> List[base_node.BaseNode]:
   """The last blessed model, the Evaluator's verdict on the candidate, the atomic push:
   [LatestBlessedModelResolver, Evaluator, Pusher]. Without `baseline_model` (backends that
   cannot run resolvers, e.g. open-source Kubeflow) only the absolute bound gates."""
-  model_resolver = tfx.dsl.Resolver(
-      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-      model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+  model_resolver = Resolver(
+      strategy_class=LatestBlessedModelStrategy,
+      model=Channel(type=standard_artifacts.Model),
+      model_blessing=Channel(type=standard_artifacts.ModelBlessing),
   ).with_id('LatestBlessedModelResolver')
 
-  evaluator = tfx.components.Evaluator(
+  evaluator = Evaluator(
       examples=examples,
       example_splits=[features.TEST_SPLIT],
       model=model,
@@ -101,8 +110,8 @@ def model_gate(config: PipelineConfig, examples: tfx.dsl.Channel, model: tfx.dsl
   pusher = atomic_pusher.AtomicPusher(
       model=model,
       model_blessing=evaluator.outputs['blessing'],
-      push_destination=tfx.proto.PushDestination(
-          filesystem=tfx.proto.PushDestination.Filesystem(
+      push_destination=pusher_pb2.PushDestination(
+          filesystem=pusher_pb2.PushDestination.Filesystem(
               base_directory=serving_dir or str(config.model_serving_dir)))).with_id('Pusher')
   return [model_resolver, evaluator, pusher] if baseline_model else [evaluator, pusher]
 
@@ -117,7 +126,7 @@ def create_pipeline(
     schema_file: Optional[str] = None,
     example_gen: Optional[base_node.BaseNode] = None,
     baseline_model: bool = True,
-) -> tfx.dsl.Pipeline:
+) -> Pipeline:
   """The whole DAG. Paths default to the config's local folders; Kubeflow passes its own.
   `example_gen` replaces the MNIST ExampleGen by any node with an `examples` output (the
   reliability tests feed hand-written bad examples through the real DAG that way)."""
@@ -130,26 +139,26 @@ def create_pipeline(
   schema = validation[1].outputs['schema']
 
   fingerprint = user_code_fingerprint()
-  transform = tfx.components.Transform(
+  transform = Transform(
       examples=examples,
       schema=schema,
       preprocessing_fn=PREPROCESSING_FN,
-      splits_config=tfx.proto.SplitsConfig(analyze=[features.TRAIN_SPLIT]),
+      splits_config=transform_pb2.SplitsConfig(analyze=[features.TRAIN_SPLIT]),
       materialize=False,  # the Trainer applies the transform graph as it reads (trainer/data.py)
       custom_config={'code_fingerprint': fingerprint})
   transform.add_upstream_node(validation[-1])  # nothing trains on data the gate stopped
 
-  trainer = tfx.components.Trainer(
+  trainer = Trainer(
       run_fn=RUN_FN,
       examples=examples,
       transform_graph=transform.outputs['transform_graph'],
       schema=schema,
-      train_args=tfx.proto.TrainArgs(splits=[features.TRAIN_SPLIT]),
-      eval_args=tfx.proto.EvalArgs(splits=[features.EVAL_SPLIT]),
+      train_args=trainer_pb2.TrainArgs(splits=[features.TRAIN_SPLIT]),
+      eval_args=trainer_pb2.EvalArgs(splits=[features.EVAL_SPLIT]),
       custom_config={'training': dataclasses.asdict(config.training),
                      'code_fingerprint': fingerprint})
 
-  return tfx.dsl.Pipeline(
+  return Pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=pipeline_root or str(config.pipeline_root),
       components=[example_gen, *validation, transform, trainer,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 from absl import logging
 import tensorflow_transform as tft
@@ -63,4 +64,6 @@ def run_fn(fn_args: FnArgs) -> None:
   logging.info('Trainer: %d train and %d eval examples, config %s',
                len(train_arrays.labels), len(eval_arrays.labels), cfg)
   net = train(cfg, train_arrays, eval_arrays, fn_args.model_run_dir)
+  start = time.monotonic()
   export.export_serving_model(net, tf_transform_output, fn_args.serving_model_dir)
+  logging.info('Trainer: exported the serving model in %.0f s', time.monotonic() - start)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 from absl import logging
 import apache_beam as beam
 import numpy as np
-import tensorflow as tf
 from tfx import types
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.types import artifact_utils, standard_component_specs
 
 from components import idx
+from components.mnist_example_gen import encoding
 from trainer import features
 
 EVAL_SIZE_KEY = 'eval_size'
@@ -40,19 +40,10 @@ def load_splits(data_dir: str, eval_size: int, limit_train: int, limit_test: int
   }
 
 
-def to_example(image: np.ndarray, label: int) -> bytes:
-  return tf.train.Example(features=tf.train.Features(feature={
-      features.IMAGE_KEY: tf.train.Feature(
-          int64_list=tf.train.Int64List(value=image.reshape(-1).tolist())),
-      features.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-  })).SerializeToString()
-
-
-def _chunk_to_examples(chunk: Tuple[str, int, int], split_args: Tuple) -> Iterator[bytes]:
+def _chunk_to_examples(chunk: Tuple[str, int, int], split_args: Tuple) -> List[bytes]:
   split, start, end = chunk
   data = load_splits(*split_args)[split]
-  for image, label in zip(data.images[start:end], data.labels[start:end]):
-    yield to_example(image, label)
+  return encoding.to_examples(data.images[start:end], data.labels[start:end])
 
 
 def _split_args(exec_properties: Dict[str, Any]) -> Tuple:

@@ -1,6 +1,7 @@
 """The ExampleGen executor on real Beam over a generated IDX folder."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
 from components import idx
-from components.mnist_example_gen import component, executor
+from components.mnist_example_gen import component, encoding, executor
+from pipeline import configs
 from trainer import features
 
 
@@ -28,7 +30,8 @@ def _run_executor(data_dir: Path, out_dir: Path, eval_size=50, limit_train=0, li
       executor.EVAL_SIZE_KEY: eval_size, executor.LIMIT_TRAIN_KEY: limit_train,
       executor.LIMIT_TEST_KEY: limit_test, executor.SPLIT_SEED_KEY: 0,
   }
-  context = BaseBeamExecutor.Context(beam_pipeline_args=['--direct_num_workers=1'])
+  context = BaseBeamExecutor.Context(
+      beam_pipeline_args=configs.load(environ={}).beam_pipeline_args())
   executor.Executor(context).Do({}, {'examples': [examples]}, exec_properties)
   return examples
 
@@ -78,3 +81,26 @@ def test_bad_data_stops_the_component_naming_the_file(small_idx_dir, tmp_path):
   with pytest.raises(idx.IdxError, match=f'{bad}: expected labels 0-9, found 11'):
     _run_executor(small_idx_dir, tmp_path / 'out')
   assert not (tmp_path / 'out' / 'Split-train').exists()
+
+
+def test_encoding_matches_tf_train_example():
+  images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+  labels = np.array([0, 3, 9, 1, 7], dtype=np.uint8)
+  for record, image, label in zip(encoding.to_examples(images, labels), images, labels):
+    expected = tf.train.Example(features=tf.train.Features(feature={
+        'image': tf.train.Feature(int64_list=tf.train.Int64List(value=image.ravel().tolist())),
+        'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+    }))
+    assert tf.train.Example.FromString(record) == expected
+  one = tf.train.Example.FromString(encoding.to_example(images[1], 3))
+  assert list(one.features.feature['image'].int64_list.value) == images[1].ravel().tolist()
+
+
+def test_direct_runner_does_not_package_tfx_into_temp(small_idx_dir, tmp_path, monkeypatch):
+  """Without the project's Beam flags TFX copies its install into a new temp folder per
+  Beam component (tfx/utils/dependency_utils.py) and never removes it."""
+  temp = tmp_path / 'temp'
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(temp))
+  _run_executor(small_idx_dir, tmp_path / 'out')
+  assert not list(temp.glob('*/build/tfx'))

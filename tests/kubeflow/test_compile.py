@@ -159,3 +159,16 @@ def test_beam_workers_count_the_pod_not_the_compiling_machine(beam_workers, cpu_
                                  beam_args='--direct_running_mode=multi_processing' + extra))
   assert args[0] == '--direct_running_mode=multi_processing'
   assert [a for a in args if a.startswith('--direct_num_workers')] == [expected]
+
+
+@pytest.mark.parametrize('beam_args, expected', [
+    ('--direct_running_mode=multi_processing', True),
+    ('--runner=DirectRunner --setup_file=/app/setup.py', False),
+    ('--runner=DataflowRunner --project=p --sdk_container_image=gcr.io/p/mnist', False),
+])
+def test_direct_runner_tasks_skip_tfx_packaging_itself(beam_args, expected):
+  args = runner.beam_args(configs.load(environ={}),
+                          kfp_configs.KubeflowConfig(beam_args=beam_args))
+  assert (configs.NO_EXTRA_PACKAGES in args) == expected
+  if 'DataflowRunner' in beam_args:
+    assert args == beam_args.split()  # other runners get exactly what was asked for

@@ -52,9 +52,9 @@ def test_bad_values_name_the_field():
 def test_beam_args_in_process_by_default_or_one_worker_per_core(monkeypatch):
   monkeypatch.setattr(configs.os, 'cpu_count', lambda: 6)
   assert configs.load(environ={}).beam_pipeline_args() == [
-      '--direct_running_mode=in_memory', '--direct_num_workers=1']
+      '--direct_running_mode=in_memory', '--direct_num_workers=1', '--extra_packages=']
   assert configs.load(environ={'MNIST_BEAM_WORKERS': '0'}).beam_pipeline_args() == [
-      '--direct_running_mode=multi_processing', '--direct_num_workers=6']
+      '--direct_running_mode=multi_processing', '--direct_num_workers=6', '--extra_packages=']
 
 
 def test_paths_are_absolute(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import base64
 import numpy as np
 import pytest
 
-from components.mnist_example_gen.executor import to_example
+from components.mnist_example_gen.encoding import to_example
 from tests.serving.conftest import MAX_BATCH, MAX_BODY, reference_predict
 from tests.serving.helpers import call
 from trainer import features

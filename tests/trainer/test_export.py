@@ -6,7 +6,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from components import idx
-from components.mnist_example_gen.executor import to_example
+from components.mnist_example_gen.encoding import to_example
 from pipeline.configs import TrainingConfig
 from tests import model_factory
 from trainer import features

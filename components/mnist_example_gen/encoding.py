@@ -1,0 +1,36 @@
+"""MNIST rows -> serialized tf.Examples (`image`: 784 int64 pixels, `label`: int64).
+
+Encoded a chunk at a time by tfx_bsl's C++ coder from an Arrow batch: building one
+`tf.train.Example` proto per image in Python took 6 of ExampleGen's 13 s on the full data.
+No TensorFlow import, so tests and the serving client can use it cheaply.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+import pyarrow as pa
+from tfx_bsl.coders import example_coder
+
+from trainer import features
+
+
+def _int64_lists(values: np.ndarray) -> pa.ListArray:
+  """Rows of `values` ([n, k]) as an Arrow list<int64> column."""
+  rows, width = values.shape
+  offsets = np.arange(0, rows * width + 1, width, dtype=np.int32)
+  return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1), pa.int64()))
+
+
+def to_examples(images: np.ndarray, labels: np.ndarray) -> List[bytes]:
+  """`images` [n, 28, 28] (or [n, 784]) and `labels` [n] -> n serialized tf.Examples."""
+  images = np.asarray(images).reshape(len(images), features.IMAGE_PIXELS)
+  labels = np.asarray(labels).reshape(len(labels), 1)
+  batch = pa.RecordBatch.from_arrays([_int64_lists(images), _int64_lists(labels)],
+                                     [features.IMAGE_KEY, features.LABEL_KEY])
+  return example_coder.RecordBatchToExamples(batch)
+
+
+def to_example(image: np.ndarray, label: int) -> bytes:
+  return to_examples(np.asarray(image)[None], np.array([label]))[0]
