@@ -11,16 +11,21 @@ removes its staging folder and the run fails; the serving directory is as it was
 Versions are the Unix time, as TFX's, but always above the highest version already
 there: a model server serves the largest number, so a clock set back (or a version
 pushed by hand) must not hide a new model, and two pushes in one second both land.
+
+A model byte-for-byte identical to the latest version is not pushed again (TFX's Pusher
+would add a duplicate version, e.g. when a re-run is cached up to the Trainer and the
+Evaluator blesses the same model against itself); the push records that version.
 """
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from absl import logging
 from tfx import types
@@ -38,6 +43,18 @@ STALE_STAGING_SECONDS = 3600  # older staging folders are leftovers of killed pu
 def next_version(base: Path, now: float) -> int:
   existing = [int(p.name) for p in base.iterdir() if p.name.isdigit()]
   return max([int(now)] + [v + 1 for v in existing])
+
+
+def latest_version(base: Path) -> Optional[Path]:
+  versions = [p for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
+  return max(versions, key=lambda p: int(p.name), default=None)
+
+
+def same_files(a: Path, b: Path) -> bool:
+  def names(root: Path) -> List[Path]:
+    return sorted(p.relative_to(root) for p in root.rglob('*') if p.is_file())
+  files = names(a)
+  return files == names(b) and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files)
 
 
 def remove_stale_staging(base: Path, now: float) -> None:
@@ -93,8 +110,13 @@ class Executor(pusher_executor.Executor):
       self._MarkNotPushed(model_push)
       return None
     model_path = self.GetModelPath(input_dict)
-    target = push_atomically(model_path, Path(base))
-    logging.info('Model written to serving path %s.', target)
+    latest = latest_version(Path(base))
+    if latest and '://' not in model_path and same_files(Path(model_path), latest):
+      target = latest
+      logging.info('Model already served as version %s; not pushed again.', target.name)
+    else:
+      target = push_atomically(model_path, Path(base))
+      logging.info('Model written to serving path %s.', target)
     io_utils.copy_dir(model_path, model_push.uri)  # the archive copy TFX keeps
     self._MarkPushed(model_push, pushed_destination=str(target), pushed_version=target.name)
     return None

@@ -98,3 +98,7 @@ def test_second_run_through_tfx_cli_is_served_from_cache(runs):
   for component_id in ('MnistExampleGen', 'StatisticsGen', 'ImportSchemaGen', 'ExampleValidator',
                        'AnomaliesGate', 'Transform', 'Trainer'):
     assert states[component_id] == 'cached', states
+  # The same model, blessed again against itself, is not pushed as a second version.
+  assert all_runs[1].blessed is True
+  assert all_runs[1].pushed_to == all_runs[0].pushed_to
+  assert len([p for p in config.model_serving_dir.iterdir() if p.name.isdigit()]) == 1

@@ -173,3 +173,17 @@ def test_staging_left_by_a_killed_push_is_cleaned_up_later(tmp_path):
   os.utime(stale, (now - 2 * atomic_pusher.STALE_STAGING_SECONDS,) * 2)
   atomic_pusher.push_atomically(str(tmp_path / 'model' / 'Format-Serving'), base, now)
   assert not stale.exists() and fresh.exists()
+
+
+def test_the_model_already_served_is_not_pushed_again(tmp_path):
+  fake_model(tmp_path / 'model')
+  base = tmp_path / 'serving' / 'mnist'
+  run_pusher(atomic_pusher.Executor, tmp_path / 'model', base, tmp_path / 'out1')
+  [first] = list(base.iterdir())
+  run_pusher(atomic_pusher.Executor, tmp_path / 'model', base, tmp_path / 'out2')
+  assert list(base.iterdir()) == [first]
+
+  variables = tmp_path / 'model' / 'Format-Serving' / 'variables'
+  next(variables.iterdir()).write_bytes(os.urandom(20_000))  # a different model
+  run_pusher(atomic_pusher.Executor, tmp_path / 'model', base, tmp_path / 'out3')
+  assert len(list(base.iterdir())) == 2 and atomic_pusher.latest_version(base) != first
