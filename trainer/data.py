@@ -41,15 +41,23 @@ def read_transformed(file_pattern: List[str], data_accessor: DataAccessor,
   return Arrays(np.concatenate(images), np.concatenate(labels))
 
 
+PREFETCH_BATCHES = 2
+
+
 def make_dataset(arrays: Arrays, batch_size: int, training: bool, seed: int) -> tf.data.Dataset:
   """(images, one-hot labels) batches gathered from in-memory tensors; a shuffled order
-  each epoch when training. Shuffling indices rather than images keeps the shuffle buffer
-  small: with 55,000 images in it, tearing down the iterator after `fit` stalled ~40 s."""
+  each epoch when training. Indices are shuffled, not images, so the shuffle buffer is
+  small. tf.data's autotuning is off: there is nothing to tune in a gather, and its model
+  thread held up the iterator's teardown at the end of `fit` for ~45 s (it sleeps out
+  its optimization period)."""
   images = tf.constant(arrays.images)
   one_hot = tf.constant(np.eye(features.NUM_CLASSES, dtype=np.float32)[arrays.labels])
   indices = tf.data.Dataset.range(len(arrays.labels))
   if training:
     indices = indices.shuffle(len(arrays.labels), seed=seed, reshuffle_each_iteration=True)
+  options = tf.data.Options()
+  options.autotune.enabled = False
   return (indices.batch(batch_size)
           .map(lambda i: (tf.gather(images, i), tf.gather(one_hot, i)))
-          .prefetch(tf.data.AUTOTUNE))
+          .prefetch(PREFETCH_BATCHES)
+          .with_options(options))
