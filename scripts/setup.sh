@@ -11,6 +11,8 @@ TOOLS=.cache/tools
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
+runs() { [ -n "$1" ] && "$1" --version >/dev/null 2>&1; }
+
 is_py310() { [ -x "$1" ] && "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; }
 
 find_python310() {
@@ -30,15 +32,19 @@ find_python310() {
   for c in /usr/bin/python3.10 /usr/local/bin/python3.10; do
     is_py310 "$c" && { echo "$c"; return; }
   done
-  if command -v uv >/dev/null 2>&1; then
+  if runs "$(command -v uv 2>/dev/null || true)"; then
     c=$(uv python find 3.10 2>/dev/null || true)
     [ -n "$c" ] && is_py310 "$c" && { echo "$c"; return; }
   fi
 }
 
 find_uv() {
-  if command -v uv >/dev/null 2>&1; then command -v uv; return; fi
-  if [ ! -x "$TOOLS/bin/uv" ]; then
+  # `command -v` is not enough: a pyenv shim named uv exists as soon as any pyenv
+  # version has uv installed, and fails when the active version has not.
+  local c
+  c=$(command -v uv 2>/dev/null || true)
+  if runs "$c"; then echo "$c"; return; fi
+  if ! runs "$TOOLS/bin/uv"; then
     local bootstrap
     bootstrap=$(command -v python3 || command -v python || true)
     [ -n "$bootstrap" ] || { say "no python3 to bootstrap uv with"; exit 1; }
