@@ -36,6 +36,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
+from serving import models
+
 STAGING_PREFIX = '.push-'
 STALE_STAGING_SECONDS = 3600  # older staging folders are leftovers of killed pushes
 
@@ -46,8 +48,9 @@ def next_version(base: Path, now: float) -> int:
 
 
 def latest_version(base: Path) -> Optional[Path]:
-  versions = [p for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
-  return max(versions, key=lambda p: int(p.name), default=None)
+  """The version a model server would serve (serving.models' rule: the largest complete)."""
+  versions = models.discover(base)
+  return versions[max(versions)] if versions else None
 
 
 def same_files(a: Path, b: Path) -> bool:

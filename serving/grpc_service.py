@@ -94,15 +94,20 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
   def _resolve(self, spec: model_pb2.ModelSpec) -> Servable:
     return self.manager.resolve(*_spec(spec))
 
+  def _resolve_signature(self, spec: model_pb2.ModelSpec
+                         ) -> Tuple[Servable, str, model_pb2.ModelSpec]:
+    """The servable, the requested signature name, and the spec the response carries."""
+    servable = self._resolve(spec)
+    signature = servable.signature(spec.signature_name)  # raises if there is none
+    return servable, spec.signature_name, _response_spec(servable, signature.name)
+
   @_aborts_on_error
   def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
               ) -> predict_pb2.PredictResponse:
-    servable = self._resolve(request.model_spec)
-    signature_name = request.model_spec.signature_name
+    servable, signature_name, spec = self._resolve_signature(request.model_spec)
     inputs = {k: to_ndarray(v) for k, v in request.inputs.items()}
     outputs = servable.predict(signature_name, inputs, request.output_filter)
-    response = predict_pb2.PredictResponse(
-        model_spec=_response_spec(servable, servable.signature(signature_name).name))
+    response = predict_pb2.PredictResponse(model_spec=spec)
     for key, value in outputs.items():
       response.outputs[key].CopyFrom(to_tensor_proto(value))
     return response
@@ -110,11 +115,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
   @_aborts_on_error
   def Classify(self, request: classification_pb2.ClassificationRequest,
                context: grpc.ServicerContext) -> classification_pb2.ClassificationResponse:
-    servable = self._resolve(request.model_spec)
-    signature_name = request.model_spec.signature_name
+    servable, signature_name, spec = self._resolve_signature(request.model_spec)
     classes, scores = servable.classify(signature_name, _examples(request.input))
-    response = classification_pb2.ClassificationResponse(
-        model_spec=_response_spec(servable, servable.signature(signature_name).name))
+    response = classification_pb2.ClassificationResponse(model_spec=spec)
     shape = (classes if classes is not None else scores).shape
     for i in range(shape[0]):
       result = response.result.classifications.add()
@@ -126,11 +129,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
   @_aborts_on_error
   def Regress(self, request: regression_pb2.RegressionRequest,
               context: grpc.ServicerContext) -> regression_pb2.RegressionResponse:
-    servable = self._resolve(request.model_spec)
-    signature_name = request.model_spec.signature_name
+    servable, signature_name, spec = self._resolve_signature(request.model_spec)
     values = servable.regress(signature_name, _examples(request.input))
-    response = regression_pb2.RegressionResponse(
-        model_spec=_response_spec(servable, servable.signature(signature_name).name))
+    response = regression_pb2.RegressionResponse(model_spec=spec)
     for value in values.tolist():
       response.result.regressions.add(value=value)
     return response
