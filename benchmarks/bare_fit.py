@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipeline import logs
+from trainer import logs
 
 logs.quiet()
 

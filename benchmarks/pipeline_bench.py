@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from pipeline import logs
+from trainer import logs
 
 logs.quiet()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import logs  # pylint: disable=wrong-import-position
+from trainer import logs  # pylint: disable=wrong-import-position
 
 logs.quiet()
 
@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from components import idx
+from trainer import idx
 from pipeline import configs
 from serving import codec, process
 from trainer import features

@@ -17,7 +17,7 @@ import argparse
 import os
 from pathlib import Path
 
-from pipeline import logs
+from trainer import logs
 
 logs.quiet()
 
@@ -26,7 +26,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
 from tfx.examples.mnist import mnist_pipeline_native_keras as example  # pylint: disable=g-import-not-at-top
 
-from components import idx  # pylint: disable=g-import-not-at-top
+from trainer import idx  # pylint: disable=g-import-not-at-top
 from pipeline import configs  # pylint: disable=g-import-not-at-top
 
 PIPELINE_NAME = 'tfx_mnist_example'

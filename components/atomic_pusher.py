@@ -25,7 +25,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from absl import logging
 from tfx import types
@@ -36,21 +36,9 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
-from serving import models
+from serving.layout import STAGING_PREFIX, latest_version, next_version
 
-STAGING_PREFIX = '.push-'
 STALE_STAGING_SECONDS = 3600  # older staging folders are leftovers of killed pushes
-
-
-def next_version(base: Path, now: float) -> int:
-  existing = [int(p.name) for p in base.iterdir() if p.name.isdigit()]
-  return max([int(now)] + [v + 1 for v in existing])
-
-
-def latest_version(base: Path) -> Optional[Path]:
-  """The version a model server would serve (serving.models' rule: the largest complete)."""
-  versions = models.discover(base)
-  return versions[max(versions)] if versions else None
 
 
 def same_files(a: Path, b: Path) -> bool:

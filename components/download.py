@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Dict, Sequence, Tuple
 
-from components import idx
+from trainer import idx
 
 CACHE_ROOT = Path.home() / '.cache' / 'mnist-tfx'
 TIMEOUT_SECONDS = 60

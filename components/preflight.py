@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from components import idx
+from trainer import idx
 from pipeline.configs import PipelineConfig
 
 MB = 1024 * 1024

@@ -19,7 +19,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from pipeline import logs
+from trainer import logs
 
 logs.quiet()
 

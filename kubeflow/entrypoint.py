@@ -23,7 +23,7 @@ for Vertex AI Pipelines and fails under the open-source KFP v2 launcher
 3. ExampleGen's driver. TFX attaches the file-based ExampleGen driver (span, version and
    input fingerprint) as a pre-cache-check hook that only Vertex runs; it runs here,
    in-process, so the Examples artifact carries the same properties as in local runs.
-4. Data staging. The MNIST IDX reader (components/idx.py) reads local files only; an
+4. Data staging. The MNIST IDX reader (trainer/idx.py) reads local files only; an
    `input_base` on object storage (gs://) is copied to a local folder first.
 """
 
@@ -35,7 +35,7 @@ import sys
 import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from pipeline import logs
+from trainer import logs
 
 logs.quiet()
 

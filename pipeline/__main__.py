@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-from pipeline import logs
+from trainer import logs
 
 logs.quiet()
 

@@ -11,7 +11,7 @@ import sys
 
 if __name__ == '__main__':  # run as a file by TFX's CLI: make the project importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from pipeline import logs
+  from trainer import logs
   logs.quiet()
 
 # pylint: disable=g-import-not-at-top
@@ -39,7 +39,7 @@ def run(config: configs.PipelineConfig) -> None:
 
 
 if __name__ == '__main__':
-  from pipeline import logs  # pylint: disable=g-import-not-at-top,reimported
+  from trainer import logs  # pylint: disable=g-import-not-at-top,reimported
   logs.show_progress()
   config = configs.parse()
   preflight.check(config)

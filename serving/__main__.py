@@ -1,6 +1,6 @@
 """`python -m serving`: serve a pushed model directory over REST and gRPC."""
 
-from pipeline import logs
+from trainer import logs
 
 logs.quiet()
 

@@ -90,9 +90,9 @@ class ServingClient:
 
 def _load_image(args: argparse.Namespace) -> np.ndarray:
   if args.image:
-    from serving import mnist_image  # pylint: disable=import-outside-toplevel
+    from trainer import mnist_image  # pylint: disable=import-outside-toplevel
     return mnist_image.load(args.image)
-  from components import idx  # pylint: disable=import-outside-toplevel
+  from trainer import idx  # pylint: disable=import-outside-toplevel
   images = idx.read_images(args.idx)
   if not 0 <= args.index < len(images):
     raise SystemExit(f'--index {args.index} is out of range: {args.idx} holds {len(images)} images')

@@ -24,7 +24,8 @@ import grpc
 
 from serving.config import ModelPolicy
 from serving.errors import invalid, not_found
-from serving.servable import SAVED_MODEL_FILE, Servable
+from serving.layout import discover
+from serving.servable import Servable
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,6 @@ class Snapshot:
   """What requests see: the available servables and the labels, swapped as one object."""
   servables: Mapping[int, Servable]
   labels: Mapping[str, int]
-
-
-def discover(base_path: Path) -> Dict[int, Path]:
-  """Integer-named folders holding saved_model.pb; temp dirs and partial copies don't count."""
-  try:
-    entries = list(os.scandir(base_path))
-  except (FileNotFoundError, NotADirectoryError):
-    return {}
-  return {int(e.name): Path(e.path) for e in entries
-          if e.name.isdigit() and e.is_dir() and (Path(e.path) / SAVED_MODEL_FILE).is_file()}
 
 
 def fingerprint(path: Path) -> Fingerprint:

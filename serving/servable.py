@@ -20,11 +20,11 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from serving.errors import ServingError, invalid
+from serving.layout import SAVED_MODEL_FILE
 from trainer import features
 
 log = logging.getLogger(__name__)
 
-SAVED_MODEL_FILE = 'saved_model.pb'
 SERVE_TAG = tf.saved_model.SERVING
 DEFAULT_SIGNATURE = features.SERVING_DEFAULT
 CLASSIFY_METHOD = features.CLASSIFY_METHOD_NAME

@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
-from pipeline import logs
+from trainer import logs
 
 logs.quiet()
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
-from components import idx  # pylint: disable=g-import-not-at-top
+from trainer import idx  # pylint: disable=g-import-not-at-top
 from pipeline import configs  # pylint: disable=g-import-not-at-top
 
 

@@ -17,7 +17,7 @@ import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import metadata_io, schema_utils
 
-from pipeline.configs import TrainingConfig
+from trainer.hparams import TrainingConfig
 from trainer import data, export, features, preprocessing, run
 
 RAW_FEATURE_SPEC = {

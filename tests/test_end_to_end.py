@@ -17,7 +17,7 @@ import tensorflow as tf
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components import idx
+from trainer import idx
 from pipeline import configs, pipeline, summary
 from trainer import features
 

@@ -7,7 +7,7 @@ from typing import Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline.configs import TrainingConfig
+from trainer.hparams import TrainingConfig
 
 
 def choose_strategy(cfg: TrainingConfig, gpus: Sequence[str]) -> tf.distribute.Strategy:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tf_keras as keras
 
-from pipeline.configs import TrainingConfig
+from trainer.hparams import TrainingConfig
 from trainer import features
 
 INPUT_SHAPE = (features.IMAGE_HEIGHT, features.IMAGE_WIDTH, 1)

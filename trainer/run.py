@@ -10,7 +10,7 @@ import tensorflow_transform as tft
 import tf_keras as keras
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from pipeline.configs import TrainingConfig
+from trainer.hparams import TrainingConfig
 from trainer import data, distribution, export, model, schedules
 
 ACCURACY_METRIC = 'accuracy'

@@ -8,7 +8,7 @@ from typing import Union
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline.configs import TrainingConfig
+from trainer.hparams import TrainingConfig
 
 EXPONENTIAL_DECAY_PER_EPOCH = 0.8
 ONECYCLE_WARMUP_FRACTION = 0.3

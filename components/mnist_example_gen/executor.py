@@ -13,7 +13,7 @@ from tfx import types
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.types import artifact_utils, standard_component_specs
 
-from components import idx
+from trainer import idx
 from components.mnist_example_gen import encoding
 from trainer import features
 

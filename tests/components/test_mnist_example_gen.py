@@ -12,7 +12,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
-from components import idx
+from trainer import idx
 from components.mnist_example_gen import component, encoding, executor
 from pipeline import configs
 from trainer import features

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from components import idx
+from trainer import idx
 from tests.kubeflow.fake_kfp import FakeKfp
 
 PIPELINE_ROOT = 'minio://mlpipeline/v2/artifacts'

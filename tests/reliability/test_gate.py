@@ -20,7 +20,7 @@ import pytest
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
-from components import idx
+from trainer import idx
 from pipeline import pipeline, summary
 from serving import process
 from tests.reliability.conftest import (MODEL_NAME, artifacts_of, executions_of,

@@ -13,7 +13,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import numpy as np
 import pytest
 
-from components import idx
+from trainer import idx
 from pipeline import configs
 from serving import process
 

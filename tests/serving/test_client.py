@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components import idx
-from serving import mnist_image, process
+from trainer import idx
+from serving import process
+from trainer import mnist_image
 from serving.client import ServingClient, ServingClientError
 from tests.serving.conftest import MNIST_DIR, reference_predict
 

@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from pipeline.configs import TrainingConfig
+from trainer.hparams import TrainingConfig
 from trainer import distribution
 
 

@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from components import idx
+from trainer import idx
 from components.mnist_example_gen.encoding import to_example
-from pipeline.configs import TrainingConfig
+from trainer.hparams import TrainingConfig
 from tests import model_factory
 from trainer import features
 

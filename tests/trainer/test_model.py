@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.configs import TrainingConfig
+from trainer.hparams import TrainingConfig
 from trainer import model
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import tf_keras as keras
 
-from pipeline.configs import TrainingConfig
+from trainer.hparams import TrainingConfig
 from trainer import schedules
 
 STEPS_PER_EPOCH = 100

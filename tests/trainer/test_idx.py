@@ -5,7 +5,7 @@ import gzip
 import numpy as np
 import pytest
 
-from components import idx
+from trainer import idx
 from tests.conftest import write_idx_folder
 
 
