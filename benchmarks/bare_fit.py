@@ -12,7 +12,8 @@ import time
 
 from trainer import logs
 
-logs.quiet()
+if __name__ == '__main__':  # the program itself, before TensorFlow is imported below
+  logs.quiet()
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -29,7 +30,7 @@ def main() -> None:
   parser = argparse.ArgumentParser()
   configs.add_arguments(parser)
   config = configs.load(parser.parse_args())
-  splits = executor.load_splits(str(config.data_dir), config.eval_size, config.limit_train,
+  splits = executor.load_splits(config.data_dir, config.eval_size, config.limit_train,
                                 config.limit_test, 0)
   train, evaluation = splits[features.TRAIN_SPLIT], splits[features.EVAL_SPLIT]
   x, y = normalized(train.images), np.eye(features.NUM_CLASSES, dtype=np.float32)[train.labels]

@@ -24,7 +24,8 @@ from typing import Dict, List, Tuple
 
 from trainer import logs
 
-logs.quiet()
+if __name__ == '__main__':  # the program itself, before TensorFlow is imported below
+  logs.quiet()
 
 from pipeline import configs, summary  # pylint: disable=g-import-not-at-top
 

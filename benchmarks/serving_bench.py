@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trainer import logs  # pylint: disable=wrong-import-position
 
-logs.quiet()
+if __name__ == '__main__':  # the program itself, before TensorFlow is imported below
+  logs.quiet()
 
 # pylint: disable=wrong-import-position
 import argparse

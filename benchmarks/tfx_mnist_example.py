@@ -19,7 +19,8 @@ from pathlib import Path
 
 from trainer import logs
 
-logs.quiet()
+if __name__ == '__main__':  # the program itself, before TensorFlow is imported below
+  logs.quiet()
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top

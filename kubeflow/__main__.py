@@ -19,15 +19,9 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from trainer import logs
-
-logs.quiet()
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from kubeflow import config as kfp_configs
 from pipeline import configs
-
-LOCAL_ONLY_FLAGS = ('data_dir', 'output_dir', 'serving_dir')
+from trainer import logs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
 
   def command(name: str, help_text: str) -> argparse.ArgumentParser:
     sub = commands.add_parser(name, help=help_text)
-    configs.add_arguments(sub)
+    configs.add_arguments(sub, configs.PipelineParams)  # portable ones: no local folders
     kfp_configs.add_arguments(sub)
     return sub
 
@@ -70,15 +64,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  logs.quiet()  # before anything imports TensorFlow
   parser = _parser()
   args = parser.parse_args(argv)
-  local = [f'--{name.replace("_", "-")}' for name in LOCAL_ONLY_FLAGS
-           if getattr(args, name, None) is not None]
-  if local:
-    parser.error(f'{", ".join(local)}: local paths of the local runner; on Kubeflow use '
-                 f'--data-uri, --serving-uri and --pipeline-root')
   try:
-    config = configs.load(args)
+    config = configs.load(args, config_class=configs.PipelineParams)
     kfp = kfp_configs.load(args)
   except ValueError as e:
     parser.error(str(e))

@@ -35,15 +35,12 @@ import sys
 import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from trainer import logs
-
-logs.quiet()
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import logging
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 import yaml
+
+from trainer import logs
 
 # The launcher's local mirror of each scheme; `ARTIFACT_LOCAL_PATH` moves the root, as
 # it does for the launcher itself (KFP uses it for local debugging, tests here too).
@@ -296,6 +293,7 @@ def run(args: argparse.Namespace, beam_args: List[str]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  logs.quiet()  # before the executor imports TensorFlow
   args, beam_args = parse_flags(sys.argv[1:] if argv is None else argv)
   try:
     run(args, beam_args)

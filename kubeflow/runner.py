@@ -29,13 +29,10 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from kubeflow.config import GFILE_SCHEMES, KubeflowConfig
-from pipeline.configs import NO_EXTRA_PACKAGES, PipelineConfig
+from pipeline import component_ids as ids
+from pipeline.configs import CURATED_SCHEMA, NO_EXTRA_PACKAGES, Locations, PipelineParams
 
 ENTRYPOINT_COMMAND = ('python', '-m', 'kubeflow.entrypoint')
-TRAINER_ID = 'Trainer'
-EXAMPLE_GEN_ID = 'MnistExampleGen'
-EVALUATOR_ID = 'Evaluator'
-RESOLVER_ID = 'LatestBlessedModelResolver'
 BASELINE_MODEL_KEY = 'baseline_model'
 # Beam options through which a user ships dependencies to remote workers.
 BEAM_DEPENDENCY_OPTIONS = ('extra_packages', 'setup_file', 'requirements_file',
@@ -51,15 +48,21 @@ def executor_label(component_id: str) -> str:
   return f'{component_id}_executor'
 
 
-def model_serving_uri(config: PipelineConfig, kfp: KubeflowConfig) -> str:
+def model_serving_uri(params: PipelineParams, kfp: KubeflowConfig) -> str:
   """TF Serving's model base path: the Pusher writes `<this>/<version>/`, as locally."""
-  return posixpath.join(kfp.serving_uri.rstrip('/'), config.model_name)
+  return posixpath.join(kfp.serving_uri.rstrip('/'), params.model_name)
 
 
-def beam_args(config: PipelineConfig, kfp: KubeflowConfig) -> List[str]:
+def locations(params: PipelineParams, kfp: KubeflowConfig) -> Locations:
+  """Where the pods read and write, as given (URIs or PVC paths); KFP keeps ML Metadata."""
+  return Locations(data=kfp.data_uri, pipeline_root=kfp.pipeline_root,
+                   serving=model_serving_uri(params, kfp), schema=str(CURATED_SCHEMA))
+
+
+def beam_args(params: PipelineParams, kfp: KubeflowConfig) -> List[str]:
   """The Beam flags every task gets. DirectRunner workers: `beam_workers` if set, else
   the task's CPU limit, else 0, which Beam reads as one per core of the node the task
-  runs on (PipelineConfig.beam_pipeline_args would count the compiling machine's). Other
+  runs on (PipelineParams.beam_pipeline_args would count the compiling machine's). Other
   runners (e.g. Dataflow) get the flags as given; TFX packages itself for their workers
   unless one of BEAM_DEPENDENCY_OPTIONS is set."""
   from apache_beam.options import pipeline_options  # pylint: disable=import-outside-toplevel
@@ -67,7 +70,7 @@ def beam_args(config: PipelineConfig, kfp: KubeflowConfig) -> List[str]:
   options = pipeline_options.PipelineOptions(args).get_all_options()
   if options['runner'] in (None, 'DirectRunner'):
     if not any(arg.startswith('--direct_num_workers') for arg in args):
-      workers = config.beam_workers or (max(1, int(kfp.cpu_limit)) if kfp.cpu_limit else 0)
+      workers = params.beam_workers or (max(1, int(kfp.cpu_limit)) if kfp.cpu_limit else 0)
       args.append(f'--direct_num_workers={workers}')
     if not any(options[flag] for flag in BEAM_DEPENDENCY_OPTIONS):
       args.append(NO_EXTRA_PACKAGES)  # the task's image has everything installed
@@ -95,14 +98,12 @@ def check_locations(kfp: KubeflowConfig) -> None:
                          f'NAME:/mount/path or use a gs:// URI')
 
 
-def build(config: PipelineConfig, kfp: KubeflowConfig):
-  """The local DAG with object-storage paths, adapted for the open-source backend."""
+def build(params: PipelineParams, kfp: KubeflowConfig):
+  """The local DAG with the pods' locations, adapted for the open-source backend."""
   from pipeline import pipeline  # pylint: disable=import-outside-toplevel
   check_locations(kfp)
-  dag = pipeline.create_pipeline(
-      config, pipeline_root=kfp.pipeline_root, data_dir=kfp.data_uri,
-      serving_dir=model_serving_uri(config, kfp), beam_pipeline_args=beam_args(config, kfp),
-      baseline_model=kfp.baseline_model)
+  dag = pipeline.create_pipeline(params, locations(params, kfp), beam_args(params, kfp),
+                                 baseline_model=kfp.baseline_model)
   attach_resources(dag, kfp)
   return dag
 
@@ -121,7 +122,7 @@ def resource_spec(kfp: KubeflowConfig, gpus: int = 0):
 def attach_resources(dag, kfp: KubeflowConfig) -> None:
   """GPUs for the Trainer (`with_platform_config`), CPU/memory limits for all tasks."""
   for component in dag.components:
-    gpus = kfp.gpu_count if component.id == TRAINER_ID else 0
+    gpus = kfp.gpu_count if component.id == ids.TRAINER else 0
     if gpus or kfp.cpu_limit or kfp.memory_limit:
       if hasattr(component, 'with_platform_config'):
         component.with_platform_config(resource_spec(kfp, gpus))
@@ -135,7 +136,7 @@ def kubernetes_platform_spec(kfp: KubeflowConfig, executors: List[str]) -> Dict[
     settings: Dict[str, Any] = {}
     if volumes:
       settings['pvcMount'] = [dict(v) for v in volumes]
-    if executor == executor_label(TRAINER_ID) and kfp.gpu_count:
+    if executor == executor_label(ids.TRAINER) and kfp.gpu_count:
       if kfp.node_selector_labels():
         settings['nodeSelector'] = {'labels': kfp.node_selector_labels()}
       if kfp.toleration_list():
@@ -147,7 +148,7 @@ def kubernetes_platform_spec(kfp: KubeflowConfig, executors: List[str]) -> Dict[
   return {'platforms': {'kubernetes': {'deploymentSpec': {'executors': result}}}}
 
 
-def compile_spec(config: PipelineConfig, kfp: KubeflowConfig) -> Dict[str, Any]:
+def compile_spec(params: PipelineParams, kfp: KubeflowConfig) -> Dict[str, Any]:
   """The pipeline spec as a dict (schema 2.1), adapted as the module doc says."""
   # pylint: disable=import-outside-toplevel
   from google.protobuf import json_format
@@ -155,18 +156,18 @@ def compile_spec(config: PipelineConfig, kfp: KubeflowConfig) -> Dict[str, Any]:
   # pylint: enable=import-outside-toplevel
   images: Any = kfp.image
   if kfp.trainer_image != kfp.image:
-    images = {pipeline_builder.DEFAULT_IMAGE_PATH_KEY: kfp.image, TRAINER_ID: kfp.trainer_image}
+    images = {pipeline_builder.DEFAULT_IMAGE_PATH_KEY: kfp.image, ids.TRAINER: kfp.trainer_image}
   runner = v2.KubeflowV2DagRunner(
       config=v2.KubeflowV2DagRunnerConfig(
           default_image=images, default_commands=list(ENTRYPOINT_COMMAND),
           use_pipeline_spec_2_1=True))
-  job = runner.run(build(config, kfp), write_out=False)
+  job = runner.run(build(params, kfp), write_out=False)
   spec = job['pipelineSpec']
   spec['defaultPipelineRoot'] = kfp.pipeline_root
   tasks = spec['root']['dag']['tasks']
-  tasks[EXAMPLE_GEN_ID].setdefault('cachingOptions', {})['enableCache'] = False
+  tasks[ids.EXAMPLE_GEN].setdefault('cachingOptions', {})['enableCache'] = False
   # TFX's file-based ExampleGen container ignores with_platform_config; set it here.
-  example_gen = spec['deploymentSpec']['executors'][executor_label(EXAMPLE_GEN_ID)]
+  example_gen = spec['deploymentSpec']['executors'][executor_label(ids.EXAMPLE_GEN)]
   if (kfp.cpu_limit or kfp.memory_limit) and 'resources' not in example_gen['container']:
     example_gen['container']['resources'] = json_format.MessageToDict(resource_spec(kfp))
   return spec
@@ -184,11 +185,11 @@ def write_spec(spec: Dict[str, Any], platform: Dict[str, Any], path: str) -> Pat
   return out
 
 
-def compile_pipeline(config: PipelineConfig, kfp: KubeflowConfig,
+def compile_pipeline(params: PipelineParams, kfp: KubeflowConfig,
                      output: Optional[str] = None) -> Path:
   """Builds, compiles and writes the spec; returns its path."""
-  spec = compile_spec(config, kfp)
+  spec = compile_spec(params, kfp)
   containers = sorted(label for label, executor in spec['deploymentSpec']['executors'].items()
                       if 'container' in executor)
   platform = kubernetes_platform_spec(kfp, containers)
-  return write_spec(spec, platform, output or kfp.spec_file(config.pipeline_name))
+  return write_spec(spec, platform, output or kfp.spec_file(params.pipeline_name))

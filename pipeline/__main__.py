@@ -10,15 +10,12 @@ import argparse
 import sys
 import time
 
+from pipeline import configs, preflight
 from trainer import logs
-
-logs.quiet()
-
-from components import preflight  # pylint: disable=g-import-not-at-top
-from pipeline import configs  # pylint: disable=g-import-not-at-top
 
 
 def main(argv=None) -> int:
+  logs.quiet()  # before anything imports TensorFlow
   parser = argparse.ArgumentParser(prog='python -m pipeline', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest='command', required=True)
@@ -41,7 +38,7 @@ def main(argv=None) -> int:
   if args.command == 'run':
     logs.show_progress()
     print(f'Pipeline {config.pipeline_name}: data {config.data_dir}, '
-          f'outputs {config.output_dir}, serving {config.model_serving_dir}', flush=True)
+          f'outputs {config.output_dir}, serving {config.locations().serving}', flush=True)
     start = time.time()
     failed = None
     try:

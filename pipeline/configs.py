@@ -1,9 +1,15 @@
 """The one typed configuration of the pipeline.
 
+Two kinds of settings, kept apart: `PipelineParams`, what the DAG does on any runner, and
+`Locations`, where it reads and writes (paths or URIs, passed through unchanged).
+`LocalConfig` is the local runner's: the parameters plus local folders, which it alone
+resolves (against the working directory). Kubeflow builds its locations from
+kubeflow/config.py.
+
 Values come from, in rising precedence: the defaults below, `MNIST_*` environment
 variables (`MNIST_DATA_DIR`, `MNIST_EPOCHS`, ...), and command-line flags (`--data-dir`,
 `--epochs`, ...). Nothing else in the project reads the environment for these values:
-runners build a `PipelineConfig` here and hand it down.
+runners build their config here and hand it down.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import posixpath
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -29,51 +36,28 @@ def default_data_dir() -> Path:
 
 
 @dataclasses.dataclass
-class PipelineConfig:
-  """Where data comes from and goes to, how it is split, and what gates a push."""
+class PipelineParams:
+  """What the DAG does, the same on every runner: splits, limits, training, the gate."""
   preset: str = 'default'              # see PRESETS
   pipeline_name: str = 'mnist'
   model_name: str = 'mnist'
-  data_dir: Path = dataclasses.field(default_factory=default_data_dir)
-  output_dir: Path = REPO_ROOT / 'outputs'
-  serving_dir: Optional[Path] = None   # default: <output_dir>/serving
   eval_size: int = 5000                # held out from the training file, deterministic
   limit_train: int = 0                 # 0 = the whole training file
   limit_test: int = 0                  # 0 = the whole test file
   accuracy_threshold: float = 0.99     # absolute lower bound on test accuracy
   beam_workers: int = 1                # 1 = in-process (fastest at MNIST size); 0 = one per core
   enable_cache: bool = True
-  schema_path: Path = CURATED_SCHEMA   # what ExampleValidator checks the data against
   anomalies_warn_only: bool = False    # data anomalies: warn and go on instead of failing
-  min_free_mb: int = 500               # free disk space the run needs before it starts
   training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
 
   def __post_init__(self) -> None:
     if self.preset not in PRESETS:
       raise ValueError(f'preset: expected one of {tuple(PRESETS)}, found {self.preset!r}')
-    self.data_dir = Path(self.data_dir).expanduser().absolute()
-    self.output_dir = Path(self.output_dir).expanduser().absolute()
-    self.schema_path = Path(self.schema_path).expanduser().absolute()
-    self.serving_dir = (Path(self.serving_dir).expanduser().absolute()
-                        if self.serving_dir else self.output_dir / 'serving')
     if self.eval_size < 1:
       raise ValueError(f'eval_size must be >= 1, found {self.eval_size}')
     if self.limit_train and self.limit_train <= self.eval_size:
       raise ValueError(f'limit_train ({self.limit_train}) must exceed eval_size '
                        f'({self.eval_size}) so that the train split is not empty')
-
-  @property
-  def pipeline_root(self) -> Path:
-    return self.output_dir / 'pipelines' / self.pipeline_name
-
-  @property
-  def metadata_path(self) -> Path:
-    return self.output_dir / 'metadata' / self.pipeline_name / 'metadata.db'
-
-  @property
-  def model_serving_dir(self) -> Path:
-    """TF Serving's model base path: the Pusher writes `<this>/<version>/`."""
-    return self.serving_dir / self.model_name
 
   def beam_pipeline_args(self) -> list[str]:
     """One worker runs in-process: a worker process would only add its start-up (it
@@ -82,6 +66,66 @@ class PipelineConfig:
     mode = 'in_memory' if workers == 1 else 'multi_processing'
     return [f'--direct_running_mode={mode}', f'--direct_num_workers={workers}',
             NO_EXTRA_PACKAGES]
+
+
+@dataclasses.dataclass(frozen=True)
+class Locations:
+  """Where the DAG reads and writes. Each is a local path or a URI (`gs://...`, a path
+  mounted in a pod) and reaches the components exactly as given: each runner builds its
+  own (`LocalConfig.locations`, kubeflow/runner.py)."""
+  data: str                  # base IDX files (and spans) of the data
+  pipeline_root: str         # TFX's artifacts
+  serving: str               # TF Serving's model base path: the Pusher writes <serving>/<version>/
+  schema: str                # the curated schema ExampleValidator checks against
+  metadata: Optional[str] = None   # ML Metadata's SQLite file; None: the orchestrator's own
+
+
+def is_uri(location: str) -> bool:
+  return '://' in location
+
+
+def resolve_local(location: Union[str, Path]) -> str:
+  """A local path made absolute against the working directory; a URI as it is."""
+  text = str(location)
+  return text if is_uri(text) else str(Path(text).expanduser().absolute())
+
+
+@dataclasses.dataclass
+class LocalConfig(PipelineParams):
+  """The local runner's config: the portable parameters plus local folders."""
+  data_dir: str = dataclasses.field(default_factory=lambda: str(default_data_dir()))
+  output_dir: str = str(REPO_ROOT / 'outputs')
+  serving_dir: str = ''                # '' = <output_dir>/serving
+  schema_path: str = str(CURATED_SCHEMA)
+  min_free_mb: int = 500               # free disk space the run needs before it starts
+
+  def __post_init__(self) -> None:
+    super().__post_init__()
+    self.data_dir = resolve_local(self.data_dir)
+    self.output_dir = resolve_local(self.output_dir)
+    self.schema_path = resolve_local(self.schema_path)
+    self.serving_dir = resolve_local(self.serving_dir or Path(self.output_dir) / 'serving')
+
+  def params(self) -> PipelineParams:
+    return PipelineParams(**{f.name: getattr(self, f.name)
+                             for f in dataclasses.fields(PipelineParams)})
+
+  @property
+  def model_serving_dir(self) -> Path:
+    """`locations().serving` as a local folder (what tests and the summary look into)."""
+    return Path(self.locations().serving)
+
+  @property
+  def metadata_path(self) -> Path:
+    return Path(self.output_dir) / 'metadata' / self.pipeline_name / 'metadata.db'
+
+  def locations(self) -> Locations:
+    return Locations(
+        data=self.data_dir,
+        pipeline_root=posixpath.join(self.output_dir, 'pipelines', self.pipeline_name),
+        serving=posixpath.join(self.serving_dir, self.model_name),
+        schema=self.schema_path,
+        metadata=str(self.metadata_path))
 
 
 # Unless a Beam dependency flag is set, every TFX Beam executor copies TFX's whole install
@@ -100,8 +144,9 @@ Fields = Sequence[Tuple[str, dataclasses.Field]]  # (owner class name, field)
 EnvNames = Callable[[dataclasses.Field], Sequence[str]]
 
 
-def _fields() -> Fields:
-  return ([('PipelineConfig', f) for f in dataclasses.fields(PipelineConfig)
+def _fields(config_class: type = LocalConfig) -> Fields:
+  """Flags of a config class: its own fields, then TrainingConfig's."""
+  return ([(config_class.__name__, f) for f in dataclasses.fields(config_class)
            if f.name != 'training'] +
           [('TrainingConfig', f) for f in dataclasses.fields(TrainingConfig)])
 
@@ -153,26 +198,28 @@ def read_field_values(fields: Fields, args: Optional[argparse.Namespace],
   return values
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  add_field_arguments(parser, _fields(), _env_names)
+def add_arguments(parser: argparse.ArgumentParser,
+                  config_class: type = LocalConfig) -> None:
+  """Flags for `LocalConfig` (the local runner) or `PipelineParams` (portable only)."""
+  add_field_arguments(parser, _fields(config_class), _env_names)
 
 
 def load(args: Optional[argparse.Namespace] = None,
          environ: Optional[Mapping[str, str]] = None,
-         **overrides: Any) -> PipelineConfig:
+         config_class: type = LocalConfig, **overrides: Any) -> Any:
   """Builds the config: defaults < preset < environment < CLI flags < keyword overrides."""
   environ = os.environ if environ is None else environ
-  values = read_field_values(_fields(), args, environ, _env_names)
+  values = read_field_values(_fields(config_class), args, environ, _env_names)
   values.update(overrides)
   training_names = {f.name for f in dataclasses.fields(TrainingConfig)}
   training = TrainingConfig(**{**PRESETS.get(values.get('preset', 'default'), {}),
                                **{k: v for k, v in values.items() if k in training_names}})
-  return PipelineConfig(training=training,
-                        **{k: v for k, v in values.items() if k not in training_names})
+  return config_class(training=training,
+                      **{k: v for k, v in values.items() if k not in training_names})
 
 
-def parse(argv: Optional[Sequence[str]] = None, **overrides: Any) -> PipelineConfig:
-  """Config from a command line alone (used by runners that take no subcommand)."""
+def parse(argv: Optional[Sequence[str]] = None, **overrides: Any) -> LocalConfig:
+  """The local config from a command line alone (the TFX CLI's local_runner.py)."""
   parser = argparse.ArgumentParser()
   add_arguments(parser)
   return load(parser.parse_args(argv), **overrides)

@@ -11,36 +11,36 @@ import sys
 
 if __name__ == '__main__':  # run as a file by TFX's CLI: make the project importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from trainer import logs
-  logs.quiet()
+  from trainer import logs as _logs
+  _logs.quiet()  # before TensorFlow is imported below
 
 # pylint: disable=g-import-not-at-top
-from tfx.orchestration import metadata  # not tfx.v1: see pipeline/pipeline.py
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from tfx.orchestration.pipeline import Pipeline
 
-from components import preflight
-from pipeline import configs, pipeline
+from pipeline import configs, pipeline, preflight
+from trainer import logs
 # pylint: enable=g-import-not-at-top
 
 
-def build(config: configs.PipelineConfig) -> Pipeline:
+def build(config: configs.LocalConfig) -> Pipeline:
+  """The DAG on this machine's folders (resolved by `LocalConfig`)."""
   config.metadata_path.parent.mkdir(parents=True, exist_ok=True)
-  return pipeline.create_pipeline(
-      config,
-      metadata_connection_config=metadata.sqlite_metadata_connection_config(
-          str(config.metadata_path)))
+  return pipeline.create_pipeline(config.params(), config.locations())
 
 
-def run(config: configs.PipelineConfig) -> None:
-  """Callers check inputs, outputs and disk space first (components/preflight.py):
+def run(config: configs.LocalConfig) -> None:
+  """Callers check inputs, outputs and disk space first (pipeline/preflight.py):
   `python -m pipeline run` does it before TensorFlow is even imported."""
   LocalDagRunner().run(build(config))
 
 
-if __name__ == '__main__':
-  from trainer import logs  # pylint: disable=g-import-not-at-top,reimported
+def main() -> None:
   logs.show_progress()
   config = configs.parse()
   preflight.check(config)
   run(config)
+
+
+if __name__ == '__main__':
+  main()

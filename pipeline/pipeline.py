@@ -1,14 +1,11 @@
-"""`create_pipeline(config)`: the DAG's wiring, shared by the local and Kubeflow runners."""
+"""`create_pipeline(params, locations)`: the DAG's wiring, shared by every runner."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from pathlib import Path
-from typing import List, Optional
+from typing import List, NamedTuple, Optional, Sequence
 
 import tensorflow_model_analysis as tfma
-from ml_metadata.proto import metadata_store_pb2
 # TFX's own modules rather than `tfx.v1`: importing `tfx.v1` also imports its Google Cloud
 # extensions (google.cloud.aiplatform), ~6 s of every command's start-up on 2 cores.
 from tfx.components import Evaluator, ExampleValidator, StatisticsGen, Trainer, Transform
@@ -16,6 +13,7 @@ from tfx.dsl.components.base import base_node
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
     LatestBlessedModelStrategy)
+from tfx.orchestration import metadata
 from tfx.orchestration.pipeline import Pipeline
 from tfx.proto import pusher_pb2, trainer_pb2, transform_pb2
 from tfx.types import standard_artifacts
@@ -25,27 +23,16 @@ from components import atomic_pusher
 from components.anomalies_gate import AnomaliesGate
 from components.curated_schema import CuratedSchemaGen
 from components.mnist_example_gen.component import MnistExampleGen
-from pipeline.configs import PipelineConfig
+from pipeline import component_ids as ids
+from pipeline.configs import Locations, PipelineParams
+from pipeline.fingerprint import code_fingerprint
 from trainer import features
 
-PREPROCESSING_FN = 'trainer.preprocessing.preprocessing_fn'
-RUN_FN = 'trainer.run.run_fn'
-TRAINER_DIR = Path(__file__).resolve().parent.parent / 'trainer'
-
-# Component ids, in the order they run; summaries and tests read them back from MLMD.
-COMPONENT_IDS = ('MnistExampleGen', 'StatisticsGen', 'ImportSchemaGen', 'ExampleValidator',
-                 'AnomaliesGate', 'Transform', 'Trainer', 'LatestBlessedModelResolver',
-                 'Evaluator', 'Pusher')
+PREPROCESSING_MODULE = 'trainer.preprocessing'
+RUN_MODULE = 'trainer.run'
+PREPROCESSING_FN = f'{PREPROCESSING_MODULE}.preprocessing_fn'
+RUN_FN = f'{RUN_MODULE}.run_fn'
 OVERALL_SLICE = tfma.SlicingSpec()
-
-
-def user_code_fingerprint() -> str:
-  """Hash of the trainer modules: TFX caches by function name, so a code edit must
-  change an input to re-run Transform and Trainer."""
-  digest = hashlib.sha256()
-  for path in sorted(TRAINER_DIR.glob('*.py')):
-    digest.update(path.name.encode() + path.read_bytes())
-  return digest.hexdigest()[:16]
 
 
 def eval_config(accuracy_threshold: float) -> tfma.EvalConfig:
@@ -74,79 +61,92 @@ def eval_config(accuracy_threshold: float) -> tfma.EvalConfig:
       ])])
 
 
-def data_validation(config: PipelineConfig, examples: Channel,
-                    schema_file: Optional[str] = None) -> List[base_node.BaseNode]:
+class DataValidation(NamedTuple):
   """Statistics, the curated schema, the check against it, and the gate that stops the
-  run on anomalies: [StatisticsGen, ImportSchemaGen, ExampleValidator, AnomaliesGate]."""
-  statistics_gen = StatisticsGen(examples=examples)
-  schema_gen = CuratedSchemaGen(schema_file or str(config.schema_path)).with_id(
-      'ImportSchemaGen')
+  run on anomalies before anything trains."""
+  statistics_gen: StatisticsGen
+  schema_gen: CuratedSchemaGen
+  example_validator: ExampleValidator
+  anomalies_gate: base_node.BaseNode
+
+
+def data_validation(params: PipelineParams, locations: Locations,
+                    examples: Channel) -> DataValidation:
+  statistics_gen = StatisticsGen(examples=examples).with_id(ids.STATISTICS_GEN)
+  schema_gen = CuratedSchemaGen(locations.schema).with_id(ids.SCHEMA_GEN)
   example_validator = ExampleValidator(
-      statistics=statistics_gen.outputs['statistics'], schema=schema_gen.outputs['schema'])
+      statistics=statistics_gen.outputs['statistics'],
+      schema=schema_gen.outputs['schema']).with_id(ids.EXAMPLE_VALIDATOR)
   gate = AnomaliesGate(anomalies=example_validator.outputs['anomalies'],
-                       warn_only=config.anomalies_warn_only).with_id('AnomaliesGate')
-  return [statistics_gen, schema_gen, example_validator, gate]
+                       warn_only=params.anomalies_warn_only).with_id(ids.ANOMALIES_GATE)
+  return DataValidation(statistics_gen, schema_gen, example_validator, gate)
 
 
-def model_gate(config: PipelineConfig, examples: Channel, model: Channel,
-               serving_dir: Optional[str] = None,
-               baseline_model: bool = True) -> List[base_node.BaseNode]:
-  """The last blessed model, the Evaluator's verdict on the candidate, the atomic push:
-  [LatestBlessedModelResolver, Evaluator, Pusher]. Without `baseline_model` (backends that
-  cannot run resolvers, e.g. open-source Kubeflow) only the absolute bound gates."""
-  model_resolver = Resolver(
+class ModelGate(NamedTuple):
+  """The last blessed model (None where the backend cannot run resolvers), the
+  Evaluator's verdict on the candidate, the atomic push."""
+  baseline_resolver: Optional[Resolver]
+  evaluator: Evaluator
+  pusher: atomic_pusher.AtomicPusher
+
+  def nodes(self) -> List[base_node.BaseNode]:
+    return [node for node in self if node is not None]
+
+
+def model_gate(params: PipelineParams, locations: Locations, examples: Channel,
+               model: Channel, baseline_model: bool = True) -> ModelGate:
+  """Without `baseline_model` (backends that cannot run resolvers, e.g. open-source
+  Kubeflow) only the absolute bound gates."""
+  resolver = Resolver(
       strategy_class=LatestBlessedModelStrategy,
       model=Channel(type=standard_artifacts.Model),
       model_blessing=Channel(type=standard_artifacts.ModelBlessing),
-  ).with_id('LatestBlessedModelResolver')
+  ).with_id(ids.BASELINE_RESOLVER) if baseline_model else None
 
   evaluator = Evaluator(
       examples=examples,
       example_splits=[features.TEST_SPLIT],
       model=model,
-      baseline_model=model_resolver.outputs['model'] if baseline_model else None,
-      eval_config=eval_config(config.accuracy_threshold))
+      baseline_model=resolver.outputs['model'] if resolver else None,
+      eval_config=eval_config(params.accuracy_threshold)).with_id(ids.EVALUATOR)
 
   pusher = atomic_pusher.AtomicPusher(
       model=model,
       model_blessing=evaluator.outputs['blessing'],
       push_destination=pusher_pb2.PushDestination(
           filesystem=pusher_pb2.PushDestination.Filesystem(
-              base_directory=serving_dir or str(config.model_serving_dir)))).with_id('Pusher')
-  return [model_resolver, evaluator, pusher] if baseline_model else [evaluator, pusher]
+              base_directory=locations.serving))).with_id(ids.PUSHER)
+  return ModelGate(resolver, evaluator, pusher)
 
 
 def create_pipeline(
-    config: PipelineConfig,
-    pipeline_root: Optional[str] = None,
-    data_dir: Optional[str] = None,
-    serving_dir: Optional[str] = None,
-    metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
-    beam_pipeline_args: Optional[List[str]] = None,
-    schema_file: Optional[str] = None,
-    example_gen: Optional[base_node.BaseNode] = None,
+    params: PipelineParams,
+    locations: Locations,
+    beam_pipeline_args: Optional[Sequence[str]] = None,
     baseline_model: bool = True,
+    example_gen: Optional[base_node.BaseNode] = None,
 ) -> Pipeline:
-  """The whole DAG. Paths default to the config's local folders; Kubeflow passes its own.
-  `example_gen` replaces the MNIST ExampleGen by any node with an `examples` output (the
-  reliability tests feed hand-written bad examples through the real DAG that way)."""
+  """The whole DAG. `beam_pipeline_args` default to the parameters' local Beam settings;
+  `baseline_model` is off where the backend cannot run resolvers. `example_gen` replaces
+  the MNIST ExampleGen by any node with an `examples` output (the reliability tests feed
+  hand-written bad examples through the real DAG that way)."""
   example_gen = example_gen or MnistExampleGen(
-      data_dir=data_dir or str(config.data_dir), eval_size=config.eval_size,
-      limit_train=config.limit_train, limit_test=config.limit_test)
+      data_dir=locations.data, eval_size=params.eval_size,
+      limit_train=params.limit_train, limit_test=params.limit_test).with_id(ids.EXAMPLE_GEN)
   examples = example_gen.outputs['examples']
 
-  validation = data_validation(config, examples, schema_file)
-  schema = validation[1].outputs['schema']
+  validation = data_validation(params, locations, examples)
+  schema = validation.schema_gen.outputs['schema']
 
-  fingerprint = user_code_fingerprint()
   transform = Transform(
       examples=examples,
       schema=schema,
       preprocessing_fn=PREPROCESSING_FN,
       splits_config=transform_pb2.SplitsConfig(analyze=[features.TRAIN_SPLIT]),
       materialize=False,  # the Trainer applies the transform graph as it reads (trainer/data.py)
-      custom_config={'code_fingerprint': fingerprint})
-  transform.add_upstream_node(validation[-1])  # nothing trains on data the gate stopped
+      custom_config={'code_fingerprint': code_fingerprint(PREPROCESSING_MODULE)},
+  ).with_id(ids.TRANSFORM)
+  transform.add_upstream_node(validation.anomalies_gate)  # nothing trains on stopped data
 
   trainer = Trainer(
       run_fn=RUN_FN,
@@ -155,16 +155,17 @@ def create_pipeline(
       schema=schema,
       train_args=trainer_pb2.TrainArgs(splits=[features.TRAIN_SPLIT]),
       eval_args=trainer_pb2.EvalArgs(splits=[features.EVAL_SPLIT]),
-      custom_config={'training': dataclasses.asdict(config.training),
-                     'code_fingerprint': fingerprint})
+      custom_config={'training': dataclasses.asdict(params.training),
+                     'code_fingerprint': code_fingerprint(RUN_MODULE)}).with_id(ids.TRAINER)
 
+  gate = model_gate(params, locations, examples, trainer.outputs['model'], baseline_model)
   return Pipeline(
-      pipeline_name=config.pipeline_name,
-      pipeline_root=pipeline_root or str(config.pipeline_root),
-      components=[example_gen, *validation, transform, trainer,
-                  *model_gate(config, examples, trainer.outputs['model'], serving_dir,
-                             baseline_model)],
-      enable_cache=config.enable_cache,
-      metadata_connection_config=metadata_connection_config,
-      beam_pipeline_args=(beam_pipeline_args if beam_pipeline_args is not None
-                          else config.beam_pipeline_args()))
+      pipeline_name=params.pipeline_name,
+      pipeline_root=locations.pipeline_root,
+      components=[example_gen, *validation, transform, trainer, *gate.nodes()],
+      enable_cache=params.enable_cache,
+      metadata_connection_config=(
+          metadata.sqlite_metadata_connection_config(locations.metadata)
+          if locations.metadata else None),
+      beam_pipeline_args=list(beam_pipeline_args if beam_pipeline_args is not None
+                              else params.beam_pipeline_args()))

@@ -10,6 +10,8 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 import tensorflow_model_analysis as tfma
 
+from pipeline import component_ids as ids
+
 PIPELINE_RUN_CONTEXT = 'pipeline_run'
 NODE_CONTEXT = 'node'
 STATES = {
@@ -21,7 +23,6 @@ STATES = {
     metadata_store_pb2.Execution.CANCELED: 'canceled',
 }
 ACCURACY_METRIC = 'sparse_categorical_accuracy'
-GATE_ID = 'AnomaliesGate'
 
 
 @dataclasses.dataclass
@@ -54,7 +55,7 @@ class RunSummary:
       verdict = {'FAILED': 'the run stopped before training',
                  'done': 'warn-only: the run went on', 'cached': 'warn-only: the run went on'}
       lines.append(f'  data anomalies: {len(self.anomalies)} '
-                   f'({verdict.get(self.state(GATE_ID) or "", "see AnomaliesGate")})')
+                   f'({verdict.get(self.state(ids.ANOMALIES_GATE) or "", "see AnomaliesGate")})')
       lines += [f'    - {a}' for a in self.anomalies]
     if self.test_accuracy is not None:
       lines.append(f'  test accuracy: {self.test_accuracy:.4f}')
@@ -162,13 +163,13 @@ def last_run(metadata_path: str, run_id: Optional[str] = None) -> Optional[RunSu
         component_id, STATES.get(execution.last_known_state, '?'), seconds))
     for artifact in _outputs(store, execution.id):
       props = artifact.custom_properties
-      if component_id == 'Evaluator' and artifact.type == 'ModelBlessing':
+      if component_id == ids.EVALUATOR and artifact.type == 'ModelBlessing':
         summary.blessed = bool(props['blessed'].int_value) if 'blessed' in props else None
-      elif component_id == 'Evaluator' and artifact.type == 'ModelEvaluation':
+      elif component_id == ids.EVALUATOR and artifact.type == 'ModelEvaluation':
         summary.test_accuracy = read_test_accuracy(artifact.uri)
         summary.not_blessed_because = read_gate_failures(artifact.uri)
       elif artifact.type == 'ExampleAnomalies' and artifact.state == artifact.LIVE:
         summary.anomalies = read_anomaly_lines(artifact)
-      elif component_id == 'Pusher' and props.get('pushed') and props['pushed'].int_value:
+      elif component_id == ids.PUSHER and props.get('pushed') and props['pushed'].int_value:
         summary.pushed_to = props['pushed_destination'].string_value
   return summary

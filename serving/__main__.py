@@ -1,10 +1,5 @@
 """`python -m serving`: serve a pushed model directory over REST and gRPC."""
 
-from trainer import logs
-
-logs.quiet()
-
-# pylint: disable=wrong-import-position
 import argparse
 import asyncio
 import logging
@@ -12,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from serving.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BODY_BYTES, ServerConfig
+from trainer import logs
 
 
 def parse_args(argv: Optional[List[str]] = None) -> ServerConfig:
@@ -47,6 +43,7 @@ def parse_args(argv: Optional[List[str]] = None) -> ServerConfig:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+  logs.quiet()  # before the server imports TensorFlow
   config = parse_args(argv)
   from serving import server  # pylint: disable=import-outside-toplevel  (imports TensorFlow)
   for name in ('tensorflow', 'absl'):

@@ -18,7 +18,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from trainer import idx
-from pipeline import configs, pipeline, summary
+from pipeline import component_ids, configs, summary
 from trainer import features
 
 pytestmark = pytest.mark.e2e
@@ -67,9 +67,9 @@ def test_every_component_ran_and_progress_was_shown(runs):
   config, first_output, _ = runs
   first = _runs_in_order(config)[0]
   states = {c.component_id: c.state for c in first.components}
-  assert set(states) == set(pipeline.COMPONENT_IDS)
+  assert set(states) == set(component_ids.ALL)
   assert all(state == 'done' for state in states.values()), states
-  for component_id in pipeline.COMPONENT_IDS:
+  for component_id in component_ids.ALL:
     assert f'Component {component_id} is running.' in first_output
   assert re.search(r'Epoch 2/2\n.*?\d+/\d+ - .* val_accuracy', first_output)
   assert 'MNIST ExampleGen: split train has 2000 examples' in first_output
@@ -81,7 +81,7 @@ def test_pushed_model_classifies_raw_pixels_as_the_evaluator_measured(runs):
   versions = [p for p in config.model_serving_dir.iterdir() if p.name.isdigit()]
   assert versions, f'nothing pushed to {config.model_serving_dir}'
   model = tf.saved_model.load(str(max(versions, key=lambda p: int(p.name))))
-  test = idx.load_source(config.data_dir, 'test', limit=500)
+  test = idx.load_source(Path(config.data_dir), 'test', limit=500)
   out = model.signatures[features.SERVING_DEFAULT](image=tf.constant(test.images, tf.float32))
   accuracy = float(np.mean(out[features.CLASSES_OUTPUT].numpy() == test.labels))
   first = _runs_in_order(config)[0]

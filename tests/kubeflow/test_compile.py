@@ -6,10 +6,12 @@ import json
 from typing import Dict, Set
 
 import pytest
+import yaml
 from google.protobuf import json_format
 
 from kubeflow import config as kfp_configs
 from kubeflow import runner
+from pipeline import component_ids as ids
 from pipeline import configs, pipeline
 from tests.kubeflow.conftest import GPU_IMAGE, IMAGE, PIPELINE_ROOT, SERVING_URI
 
@@ -38,7 +40,8 @@ def local_edges(dag) -> Dict[str, Set[str]]:
 
 
 def local_dag():
-  return pipeline.create_pipeline(configs.load(environ={}, eval_size=20))
+  config = configs.load(environ={}, eval_size=20)
+  return pipeline.create_pipeline(config.params(), config.locations())
 
 
 def test_kfp_loads_the_spec_and_its_platform_document(compiled):
@@ -57,9 +60,9 @@ def test_kfp_loads_the_spec_and_its_platform_document(compiled):
 def test_every_local_component_runs_in_the_same_dependency_order(compiled_with_baseline):
   """With the resolver kept, the spec is the local DAG task for task, edge for edge."""
   expected = local_edges(local_dag())
-  assert set(expected) == set(pipeline.COMPONENT_IDS)
+  assert set(expected) == set(ids.ALL)
   assert spec_edges(compiled_with_baseline.tasks) == expected
-  order = {cid: i for i, cid in enumerate(pipeline.COMPONENT_IDS)}
+  order = {cid: i for i, cid in enumerate(ids.ALL)}
   for component, upstream in spec_edges(compiled_with_baseline.tasks).items():
     assert all(order[u] < order[component] for u in upstream), component
 
@@ -67,10 +70,10 @@ def test_every_local_component_runs_in_the_same_dependency_order(compiled_with_b
 def test_open_source_spec_drops_only_the_baseline_resolver(compiled):
   """Open-source KFP rejects resolver tasks; the Evaluator loses its baseline input."""
   expected = local_edges(local_dag())
-  del expected[runner.RESOLVER_ID]
-  expected[runner.EVALUATOR_ID].discard(runner.RESOLVER_ID)
+  del expected[ids.BASELINE_RESOLVER]
+  expected[ids.EVALUATOR].discard(ids.BASELINE_RESOLVER)
   assert spec_edges(compiled.tasks) == expected
-  evaluator = compiled.spec['components'][runner.EVALUATOR_ID]
+  evaluator = compiled.spec['components'][ids.EVALUATOR]
   assert runner.BASELINE_MODEL_KEY not in evaluator['inputDefinitions']['artifacts']
   assert not [e for e in compiled.spec['deploymentSpec']['executors'].values()
               if 'resolver' in e]
@@ -79,12 +82,12 @@ def test_open_source_spec_drops_only_the_baseline_resolver(compiled):
 def test_trainer_alone_requests_gpus_and_the_gpu_pool(compiled):
   for task in compiled.tasks:
     resources = compiled.container(task).get('resources', {})
-    if task == runner.TRAINER_ID:
+    if task == ids.TRAINER:
       assert resources['accelerator'] == {'type': 'nvidia.com/gpu', 'count': '2'}
     else:
       assert 'accelerator' not in resources, task
   executors = compiled.platform['platforms']['kubernetes']['deploymentSpec']['executors']
-  trainer = executors[runner.executor_label(runner.TRAINER_ID)]
+  trainer = executors[runner.executor_label(ids.TRAINER)]
   assert trainer['nodeSelector'] == {
       'labels': {'cloud.google.com/gke-accelerator': 'nvidia-tesla-t4'}}
   assert trainer['tolerations'] == [
@@ -93,7 +96,7 @@ def test_trainer_alone_requests_gpus_and_the_gpu_pool(compiled):
   for label, settings in executors.items():
     assert settings['pvcMount'] == [
         {'constant': 'mnist-data', 'mountPath': str(compiled.data_dir.parent)}], label
-    if label != runner.executor_label(runner.TRAINER_ID):
+    if label != runner.executor_label(ids.TRAINER):
       assert 'nodeSelector' not in settings and 'tolerations' not in settings, label
 
 
@@ -101,10 +104,10 @@ def test_images_root_paths_and_entrypoint_are_the_configured_ones(compiled):
   assert compiled.spec['defaultPipelineRoot'] == PIPELINE_ROOT
   for task in compiled.tasks:
     container = compiled.container(task)
-    assert container['image'] == (GPU_IMAGE if task == runner.TRAINER_ID else IMAGE), task
+    assert container['image'] == (GPU_IMAGE if task == ids.TRAINER else IMAGE), task
     assert container['command'] == ENTRYPOINT, task
     assert '--direct_running_mode=in_memory' in container['args'], task
-  params = compiled.tasks[runner.EXAMPLE_GEN_ID]['inputs']['parameters']
+  params = compiled.tasks[ids.EXAMPLE_GEN]['inputs']['parameters']
   assert params['input_base']['runtimeValue']['constant'] == str(compiled.data_dir)
   pusher = compiled.tasks['Pusher']['inputs']['parameters']
   destination = json.loads(pusher['push_destination']['runtimeValue']['constant'])
@@ -113,7 +116,7 @@ def test_images_root_paths_and_entrypoint_are_the_configured_ones(compiled):
 
 def test_example_gen_is_never_cached_the_rest_follows_the_config(compiled):
   for name, task in compiled.tasks.items():
-    assert task['cachingOptions']['enableCache'] is (name != runner.EXAMPLE_GEN_ID), name
+    assert task['cachingOptions']['enableCache'] is (name != ids.EXAMPLE_GEN), name
 
 
 @pytest.mark.parametrize('overrides, message', [
@@ -137,12 +140,13 @@ def test_locations_on_gcs_or_a_mounted_pvc_are_accepted():
       data_uri='gs://b/mnist', serving_uri='/models', pvc_mounts='m:/models'))
 
 
-def test_compile_refuses_local_runner_paths(capsys):
+def test_compile_takes_no_local_runner_paths(capsys):
+  """The local folders are the local runner's config; Kubeflow does not expose them."""
   from kubeflow.__main__ import main  # pylint: disable=import-outside-toplevel
   with pytest.raises(SystemExit) as exit_info:
     main(['compile', '--data-dir', '/tmp/mnist'])
   assert exit_info.value.code == 2
-  assert '--data-dir: local paths of the local runner' in capsys.readouterr().err
+  assert 'unrecognized arguments: --data-dir' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('beam_workers, cpu_limit, extra, expected', [
@@ -154,7 +158,7 @@ def test_compile_refuses_local_runner_paths(capsys):
 def test_beam_workers_count_the_pod_not_the_compiling_machine(beam_workers, cpu_limit,
                                                               extra, expected):
   args = runner.beam_args(
-      configs.load(environ={}, beam_workers=beam_workers),
+      configs.PipelineParams(beam_workers=beam_workers),
       kfp_configs.KubeflowConfig(cpu_limit=cpu_limit,
                                  beam_args='--direct_running_mode=multi_processing' + extra))
   assert args[0] == '--direct_running_mode=multi_processing'
@@ -167,8 +171,25 @@ def test_beam_workers_count_the_pod_not_the_compiling_machine(beam_workers, cpu_
     ('--runner=DataflowRunner --project=p --sdk_container_image=gcr.io/p/mnist', False),
 ])
 def test_direct_runner_tasks_skip_tfx_packaging_itself(beam_args, expected):
-  args = runner.beam_args(configs.load(environ={}),
+  args = runner.beam_args(configs.PipelineParams(),
                           kfp_configs.KubeflowConfig(beam_args=beam_args))
   assert (configs.NO_EXTRA_PACKAGES in args) == expected
   if 'DataflowRunner' in beam_args:
     assert args == beam_args.split()  # other runners get exactly what was asked for
+
+
+def test_uri_locations_reach_the_spec_unchanged(tmp_path):
+  """gs:// data and pipeline root go into the spec as given; nothing resolves them."""
+  from kubeflow.__main__ import main  # pylint: disable=import-outside-toplevel
+  out = tmp_path / 'gcs.yaml'
+  assert main(['compile', '--output', str(out), '--eval-size', '20', '--gpu-count', '0',
+               '--data-uri', 'gs://bucket/mnist', '--pipeline-root', 'gs://bucket/root',
+               '--serving-uri', 'gs://bucket/serving']) == 0
+  spec = next(yaml.safe_load_all(out.read_text()))
+  assert spec['defaultPipelineRoot'] == 'gs://bucket/root'
+  tasks = spec['root']['dag']['tasks']
+  example_gen = tasks[ids.EXAMPLE_GEN]['inputs']['parameters']
+  assert example_gen['input_base']['runtimeValue']['constant'] == 'gs://bucket/mnist'
+  push = json.loads(tasks[ids.PUSHER]['inputs']['parameters']['push_destination']
+                    ['runtimeValue']['constant'])
+  assert push['filesystem']['base_directory'] == 'gs://bucket/serving/mnist'

@@ -40,24 +40,24 @@ MODEL_NAME = 'mnist'
 
 @dataclasses.dataclass
 class Scenario:
-  config: configs.PipelineConfig
+  config: configs.LocalConfig
   killed_output: str       # what `python -m pipeline run` printed before the kill
   killed_after: float      # seconds from start to kill
 
 
-def store(config: configs.PipelineConfig) -> metadata_store.MetadataStore:
+def store(config: configs.LocalConfig) -> metadata_store.MetadataStore:
   connection = metadata_store_pb2.ConnectionConfig()
   connection.sqlite.filename_uri = str(config.metadata_path)
   return metadata_store.MetadataStore(connection)
 
 
-def run_contexts(config: configs.PipelineConfig) -> List[metadata_store_pb2.Context]:
+def run_contexts(config: configs.LocalConfig) -> List[metadata_store_pb2.Context]:
   """Pipeline runs, oldest first."""
   return sorted(store(config).get_contexts_by_type(summary.PIPELINE_RUN_CONTEXT),
                 key=lambda c: c.create_time_since_epoch)
 
 
-def executions_of(config: configs.PipelineConfig, run: metadata_store_pb2.Context
+def executions_of(config: configs.LocalConfig, run: metadata_store_pb2.Context
                   ) -> Dict[str, metadata_store_pb2.Execution]:
   """component id -> its execution in one run."""
   mlmd = store(config)
@@ -69,7 +69,7 @@ def executions_of(config: configs.PipelineConfig, run: metadata_store_pb2.Contex
   return result
 
 
-def artifacts_of(config: configs.PipelineConfig, execution_id: int, kind: int
+def artifacts_of(config: configs.LocalConfig, execution_id: int, kind: int
                  ) -> List[metadata_store_pb2.Artifact]:
   """Input (Event.INPUT) or output (Event.OUTPUT) artifacts of an execution."""
   mlmd = store(config)

@@ -71,12 +71,12 @@ def Downstream(anomalies: InputArtifact[standard_artifacts.ExampleAnomalies]) ->
   del anomalies
 
 
-def _config(out: Path, **overrides) -> configs.PipelineConfig:
+def _config(out: Path, **overrides) -> configs.LocalConfig:
   return configs.load(environ={}, output_dir=out, pipeline_name='anomalies', eval_size=20,
                       beam_workers=1, **overrides)
 
 
-def _run(config: configs.PipelineConfig, dag: tfx.dsl.Pipeline) -> None:
+def _run(config: configs.LocalConfig, dag: tfx.dsl.Pipeline) -> None:
   config.metadata_path.parent.mkdir(parents=True, exist_ok=True)
   dag.metadata_connection_config = (
       tfx.orchestration.metadata.sqlite_metadata_connection_config(str(config.metadata_path)))
@@ -88,7 +88,8 @@ def stopped(tmp_path_factory):
   """One run of the whole DAG on the crafted examples; returns (config, the error)."""
   config = _config(tmp_path_factory.mktemp('anomalies'))
   with pytest.raises(Exception) as failure:
-    _run(config, pipeline.create_pipeline(config, example_gen=CraftedExamples()))
+    _run(config, pipeline.create_pipeline(config.params(), config.locations(),
+                                  example_gen=CraftedExamples()))
   return config, failure.value
 
 
@@ -149,11 +150,11 @@ def test_warn_only_reports_and_lets_the_run_go_on(stopped, caplog):
 
   warn = _config(config.output_dir, anomalies_warn_only=True)
   examples = CraftedExamples()
-  validation = pipeline.data_validation(warn, examples.outputs['examples'])
-  downstream = Downstream(anomalies=validation[2].outputs['anomalies'])
-  downstream.add_upstream_node(validation[-1])
+  validation = pipeline.data_validation(warn, warn.locations(), examples.outputs['examples'])
+  downstream = Downstream(anomalies=validation.example_validator.outputs['anomalies'])
+  downstream.add_upstream_node(validation.anomalies_gate)
   _run(warn, tfx.dsl.Pipeline(pipeline_name=warn.pipeline_name,
-                              pipeline_root=str(warn.pipeline_root),
+                              pipeline_root=warn.locations().pipeline_root,
                               components=[examples, *validation, downstream],
                               enable_cache=True, beam_pipeline_args=warn.beam_pipeline_args()))
   ran = executions_of(warn, run_contexts(warn)[-1])

@@ -61,11 +61,12 @@ def test_worse_candidate_is_not_blessed_not_pushed_and_nothing_served_changes(
   ).with_id('LatestExamples')
   model = tfx.dsl.Importer(source_uri=str(candidate),
                            artifact_type=tfx.types.standard_artifacts.Model).with_id('Candidate')
-  gate = pipeline.model_gate(config, examples.outputs['examples'], model.outputs['result'],
-                             serving_dir=str(served_dir))
+  locations = dataclasses.replace(config.locations(), serving=str(served_dir))
+  gate = pipeline.model_gate(config, locations, examples.outputs['examples'],
+                             model.outputs['result'])
   tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
-      pipeline_name=config.pipeline_name, pipeline_root=str(config.pipeline_root),
-      components=[examples, model, *gate], enable_cache=False,
+      pipeline_name=config.pipeline_name, pipeline_root=locations.pipeline_root,
+      components=[examples, model, *gate.nodes()], enable_cache=False,
       metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
           str(config.metadata_path)),
       beam_pipeline_args=config.beam_pipeline_args()))

@@ -17,7 +17,7 @@ from typing import Callable, Dict
 
 import pytest
 
-from components import preflight
+from pipeline import preflight
 from pipeline import configs
 from tests.conftest import write_idx_folder
 

@@ -23,7 +23,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
-from components import atomic_pusher, preflight
+from components import atomic_pusher
+from pipeline import preflight
 
 Listing = Set[Tuple[str, int]]
 

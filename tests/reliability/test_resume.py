@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline import pipeline, summary
+from pipeline import component_ids, summary
 from tests.reliability.conftest import (artifacts_of, executions_of, run_contexts, store,
                                         versions)
 
@@ -32,7 +32,7 @@ def test_resumed_run_reuses_finished_components_and_completes(scenario):
   config = scenario.config
   resumed = summary.last_run(str(config.metadata_path), run_id=run_contexts(config)[1].name)
   states = {c.component_id: c.state for c in resumed.components}
-  assert set(states) == set(pipeline.COMPONENT_IDS)
+  assert set(states) == set(component_ids.ALL)
   for component_id in FINISHED_BEFORE_TRAINER:
     assert states[component_id] == 'cached', states
   for component_id in ('Trainer', 'Evaluator', 'Pusher'):

@@ -15,7 +15,8 @@ from typing import List, Tuple
 import numpy as np
 import pytest
 
-from components import atomic_pusher, idx
+from components import atomic_pusher
+from trainer import idx
 from serving import process
 from tests.reliability.conftest import MODEL_NAME
 from tests.serving.conftest import MNIST_DIR

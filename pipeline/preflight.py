@@ -15,8 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from pipeline.configs import LocalConfig, is_uri
 from trainer import idx
-from pipeline.configs import PipelineConfig
 
 MB = 1024 * 1024
 
@@ -73,14 +73,18 @@ def _write_problem(path: Path) -> Optional[Tuple[Path, str]]:
   return None
 
 
-def check_outputs(config: PipelineConfig) -> List[str]:
+def check_outputs(config: LocalConfig) -> List[str]:
   """Everything the run writes: pipeline root, ML Metadata, serving dir. One line per
-  folder that refused, with the flags that move what was to go there."""
+  folder that refused, with the flags that move what was to go there. URIs (object
+  storage) are the storage's business."""
   refusals: Dict[Tuple[Path, str], List[str]] = {}
-  for path, flag in ((config.pipeline_root, '--output-dir'),
-                     (config.metadata_path.parent, '--output-dir'),
-                     (config.model_serving_dir, '--serving-dir')):
-    problem = _write_problem(path)
+  locations = config.locations()
+  for path, flag in ((locations.pipeline_root, '--output-dir'),
+                     (str(config.metadata_path.parent), '--output-dir'),
+                     (locations.serving, '--serving-dir')):
+    if is_uri(path):
+      continue
+    problem = _write_problem(Path(path))
     if problem and flag not in refusals.setdefault(problem, []):
       refusals[problem].append(flag)
   problems = [f'{folder}: {why} ({", ".join(flags)})'
@@ -91,9 +95,9 @@ def check_outputs(config: PipelineConfig) -> List[str]:
   return problems
 
 
-def check_free_space(config: PipelineConfig) -> List[str]:
+def check_free_space(config: LocalConfig) -> List[str]:
   problems, devices = [], set()
-  for path in (config.output_dir, config.serving_dir):
+  for path in (Path(p) for p in (config.output_dir, config.serving_dir) if not is_uri(p)):
     existing = next(p for p in [path, *path.parents] if p.exists())
     device = os.stat(existing).st_dev
     if device in devices:
@@ -107,10 +111,10 @@ def check_free_space(config: PipelineConfig) -> List[str]:
   return problems
 
 
-def check(config: PipelineConfig) -> None:
+def check(config: LocalConfig) -> None:
   """Raises PreflightError listing every problem found (not only the first)."""
-  problems = check_data_dir(config.data_dir)
-  if not config.schema_path.is_file():
+  problems = [] if is_uri(config.data_dir) else check_data_dir(Path(config.data_dir))
+  if not is_uri(config.schema_path) and not Path(config.schema_path).is_file():
     problems.append(f'schema {config.schema_path} not found (--schema-path)')
   problems += check_free_space(config)  # before writing probes on a full disk
   problems += check_outputs(config)
