@@ -7,7 +7,8 @@ from functools import partial
 
 import pytest
 
-from components import download, idx
+from components import download
+from trainer import idx
 from tests.conftest import write_idx_folder
 
 
