@@ -37,6 +37,9 @@ _EXPECTED = ('label folders 0-9 of .png/.jpg/.jpeg images, or train-images-idx3-
              'and train-labels-idx1-ubyte[.gz]')
 
 
+_LOG = logging.getLogger(__name__)
+
+
 class SpanError(ValueError):
   """A span (or a folder to seal) is empty, malformed, or disagrees with its manifest."""
 
@@ -156,7 +159,7 @@ def _reject(data_dir: Path, staged: Path, problems: List[Problem]) -> None:
   """Moves what cannot go into a span to `rejected/<id>/`, with the reasons beside it."""
   rejected = data_dir / data_layout.REJECTED_DIR / staged.name.lstrip('.')
   for rel, why in problems:
-    logging.warning('%s: %s; moved to %s', rel, why, rejected / rel)
+    _LOG.warning('%s: %s; moved to %s', rel, why, rejected / rel)
     (rejected / rel).parent.mkdir(parents=True, exist_ok=True)
     os.replace(staged / rel, rejected / rel)
   with open(rejected / 'reasons.txt', 'a') as f:
@@ -211,17 +214,17 @@ def _resume_leftovers(data_dir: Path) -> Optional[int]:
   spans_dir = data_dir / data_layout.SPANS_DIR
   newest = None
   for path in sorted(spans_dir.glob(data_layout.COPYING_PREFIX + '*')):
-    logging.warning('%s: partial copy left by an interrupted seal_folder; removed (seal '
+    _LOG.warning('%s: partial copy left by an interrupted seal_folder; removed (seal '
                     'its source folder again)', path)
     shutil.rmtree(path)
   leftovers = sorted(spans_dir.glob(data_layout.SEALING_PREFIX + '*'),
                      key=lambda p: p.stat().st_mtime)
   for path in leftovers:
-    logging.warning('%s: left by an interrupted seal; sealing it now', path)
+    _LOG.warning('%s: left by an interrupted seal; sealing it now', path)
     try:
       newest = _seal_staged(data_dir, path) or newest
     except SpanError as e:
-      logging.error('%s: cannot seal it, left in place: %s', path, e)
+      _LOG.error('%s: cannot seal it, left in place: %s', path, e)
   return newest
 
 
@@ -237,6 +240,11 @@ def seal_incoming(data_dir: PathLike) -> Optional[int]:
   was there. Images arriving meanwhile go to a fresh `incoming/`; files that are not
   decodable images in a label folder 0-9 are moved to `rejected/` with their reasons."""
   data_dir = Path(data_dir)
+  spans_dir = data_dir / data_layout.SPANS_DIR
+  if not ((data_dir / data_layout.INCOMING_DIR).exists()
+          or any(spans_dir.glob(data_layout.SEALING_PREFIX + '*'))
+          or any(spans_dir.glob(data_layout.COPYING_PREFIX + '*'))):
+    return None  # writes nothing, so a read-only data folder is fine
   staged = _staging(data_dir, data_layout.SEALING_PREFIX)
   with data_layout.locked(data_dir / data_layout.SEAL_LOCK, exclusive=True):
     newest = _resume_leftovers(data_dir)

@@ -59,7 +59,8 @@ def sealed_by_hand(folder):
 
 
 def test_seals_incoming_as_numbered_spans(tmp_path):
-  assert spans.seal_incoming(tmp_path) is None  # nothing there
+  assert spans.seal_incoming(tmp_path) is None  # nothing there, and nothing written
+  assert not list(tmp_path.iterdir())
   for label in (3, 1, 3):
     data_layout.write_incoming(tmp_path, label, encode(digit(seed=label)), '.png')
   assert spans.seal_incoming(tmp_path) == 1
