@@ -13,10 +13,12 @@ folder found by the next seal is a killed seal's complete content and is sealed 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -38,6 +40,7 @@ _EXPECTED = ('label folders 0-9 of .png/.jpg/.jpeg images, or train-images-idx3-
 
 
 _LOG = logging.getLogger(__name__)
+STALE_TEMP_SECONDS = 3600  # far longer than write_incoming takes to write one image
 
 
 class SpanError(ValueError):
@@ -234,12 +237,22 @@ def _staging(data_dir: Path, prefix: str) -> Path:
   return spans_dir / f'{prefix}{uuid.uuid4().hex}'
 
 
+def _drop_stale_temp_files(data_dir: Path) -> None:
+  """write_incoming's temp files left by writers killed mid-write."""
+  cutoff = time.time() - STALE_TEMP_SECONDS
+  for path in (data_dir / data_layout.INCOMING_TMP_DIR).glob('*.tmp'):
+    with contextlib.suppress(FileNotFoundError):
+      if path.stat().st_mtime < cutoff:
+        path.unlink()
+
+
 def seal_incoming(data_dir: PathLike) -> Optional[int]:
   """Seals `incoming/` as the next span and returns the number of the newest span sealed
   (a killed seal's leftovers are sealed first, each as its own span); None when nothing
   was there. Images arriving meanwhile go to a fresh `incoming/`; files that are not
   decodable images in a label folder 0-9 are moved to `rejected/` with their reasons."""
   data_dir = Path(data_dir)
+  _drop_stale_temp_files(data_dir)
   spans_dir = data_dir / data_layout.SPANS_DIR
   if not ((data_dir / data_layout.INCOMING_DIR).exists()
           or any(spans_dir.glob(data_layout.SEALING_PREFIX + '*'))

@@ -144,9 +144,12 @@ def write_incoming(data_dir: PathLike, label: int, data: bytes, suffix: str) -> 
 def count_incoming(data_dir: PathLike) -> int:
   """Images waiting in `incoming/` (label folders 0-9, image suffixes, no temp files)."""
   incoming = Path(data_dir) / INCOMING_DIR
-  return sum(1 for label in LABEL_DIRS if (incoming / label).is_dir()
-             for p in (incoming / label).iterdir()
-             if p.is_file() and not is_temporary(p.name) and p.suffix.lower() in IMAGE_SUFFIXES)
+  try:
+    return sum(1 for label in LABEL_DIRS if (incoming / label).is_dir()
+               for p in (incoming / label).iterdir()
+               if p.suffix.lower() in IMAGE_SUFFIXES and not is_temporary(p.name) and p.is_file())
+  except FileNotFoundError:  # sealed while counting: what waited is in a span now
+    return 0
 
 
 def sha256(path: Path) -> str:

@@ -4,7 +4,9 @@ import collections
 import hashlib
 import io
 import logging
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -264,6 +266,16 @@ def test_a_killed_seal_is_resumed_and_a_partial_copy_dropped(tmp_path, caplog):
   assert spans.seal_incoming(tmp_path) is None
   assert broken.is_dir() and 'cannot seal it, left in place' in caplog.text
   assert spans.seal_folder(tmp_path, image_folder(tmp_path / 'src', {1: 1})) == 3
+
+
+def test_temp_files_of_killed_writers_are_dropped_when_stale(tmp_path):
+  tmp_dir = tmp_path / data_layout.INCOMING_TMP_DIR
+  tmp_dir.mkdir()
+  (tmp_dir / 'old.tmp').write_bytes(b'killed mid-write')
+  os.utime(tmp_dir / 'old.tmp', (0, time.time() - spans.STALE_TEMP_SECONDS - 5))
+  (tmp_dir / 'fresh.tmp').write_bytes(b'being written')
+  assert spans.seal_incoming(tmp_path) is None
+  assert [p.name for p in tmp_dir.iterdir()] == ['fresh.tmp']
 
 
 def test_writing_while_sealing_loses_and_duplicates_nothing(tmp_path):
