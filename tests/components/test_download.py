@@ -110,7 +110,8 @@ def test_ensure_dataset_fetches_only_what_is_missing_past_bad_mirrors(mirrors, t
   (dest / 't10k-labels-idx1-ubyte').write_bytes(gzip.decompress(data['t10k-labels-idx1-ubyte.gz']))
   order = [servers[k].url for k in ('corrupt', 'truncated', 'good')]
   assert download.ensure_dataset(str(dest), 'tiny', mirrors=order) == dest
-  fetched = ['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz', 't10k-images-idx3-ubyte.gz']
+  fetched = ['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
+             't10k-images-idx3-ubyte.gz']
   assert servers['good'].requests == servers['corrupt'].requests == fetched
   for name in fetched:
     assert (dest / name).read_bytes() == data[name]
@@ -129,7 +130,8 @@ def test_ensure_dataset_reports_every_mirror_when_none_serves_a_verified_copy(mi
   servers, _ = mirrors
   with pytest.raises(download.DownloadError, match=(
       r'train-images-idx3-ubyte\.gz:\n  .*expected MD5 [0-9a-f]{32}, found [0-9a-f]{32}\n'
-      r'  .*truncated: expected \d+ bytes, received 50\n  http://127\.0\.0\.1:9/train-images-idx3-ubyte\.gz: ')):
+      r'  .*truncated: expected \d+ bytes, received 50\n'
+      r'  http://127\.0\.0\.1:9/train-images-idx3-ubyte\.gz: ')):
     download.ensure_dataset(tmp_path / 'fresh', 'tiny', mirrors=[
         servers['corrupt'].url, servers['truncated'].url, 'http://127.0.0.1:9/'])
   assert not list((tmp_path / 'fresh').iterdir())

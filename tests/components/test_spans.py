@@ -185,8 +185,10 @@ BAD_FOLDERS = [
     (_empty, r'empty span: expected label folders 0-9'),
     (_test_file, r't10k-labels-idx1-ubyte\.gz: a span holds no test files'),
     (_mixed, r'1: unexpected folder beside the IDX files'),
-    (_bad_idx, r'train-images-idx3-ubyte\.gz: holds 12 images but train-labels-idx1-ubyte\.gz holds 5'),
-    (_both_spellings, r'expected one of train-images-idx3-ubyte or train-images-idx3-ubyte\.gz, found both'),
+    (_bad_idx, r'train-images-idx3-ubyte\.gz: holds 12 images but '
+               r'train-labels-idx1-ubyte\.gz holds 5'),
+    (_both_spellings, r'expected one of train-images-idx3-ubyte or '
+                      r'train-images-idx3-ubyte\.gz, found both'),
 ]
 
 

@@ -133,8 +133,10 @@ def _edit_manifest(**changes):
     (_edit_manifest(examples='2'), r"expected field 'examples' of type int, found '2'"),
     (_edit_manifest(format='tfrecord'), r"found version 1 and format 'tfrecord'"),
     (_edit_manifest(label_counts=[1] + [0] * 9), r'expected 10 label counts summing to examples=2'),
-    (_edit_manifest(files={'../x.png': {'size': 1, 'sha256': ''}}), r"inside the span, found '\.\./x\.png'"),
-    (_edit_manifest(files={'0/a.png': {'size': '1'}}), r"expected \{\"size\": int, \"sha256\": str\}"),
+    (_edit_manifest(files={'../x.png': {'size': 1, 'sha256': ''}}),
+     r"inside the span, found '\.\./x\.png'"),
+    (_edit_manifest(files={'0/a.png': {'size': '1'}}),
+     r'expected \{"size": int, "sha256": str\}'),
 ])
 def test_manifest_mismatch_is_refused_naming_the_file(tmp_path, damage, message):
   span = make_span(tmp_path / 'spans' / '1', {'0/a.png': png_bytes(1), '0/b.png': png_bytes(2)})
