@@ -65,7 +65,9 @@ def span_number(name: str) -> int:
 
   Only the canonical spelling counts ('7', not '07'), so two folders never share a number.
   """
-  return int(name) if name.isdigit() and name == str(int(name)) and int(name) > 0 else 0
+  if not (name.isascii() and name.isdigit()) or name != str(int(name)):
+    return 0
+  return int(name)
 
 
 def sealed_spans(data_dir: PathLike) -> Dict[int, Path]:

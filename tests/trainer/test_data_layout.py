@@ -27,7 +27,7 @@ def make_span(folder, files):
 
 def test_only_sealed_spans_with_canonical_numbers_are_listed(tmp_path):
   spans = tmp_path / 'spans'
-  for name in ('12', '2', '03', '0', '.sealing-abc', 'abc'):
+  for name in ('12', '2', '03', '0', '²', '.sealing-abc', 'abc'):
     make_span(spans / name, {'0/a.png': png_bytes()})
   (spans / '7' / '0').mkdir(parents=True)          # being written: no manifest yet
   (spans / '7' / '0' / 'a.png').write_bytes(png_bytes())
