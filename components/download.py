@@ -2,7 +2,8 @@
 
 Fetches the four canonical IDX files from the first mirror that answers, checks each
 against its published MD5, and caches them, so the pipeline can be pointed at the folder
-with `--data-dir`. Needs the internet; the tests use a loopback server instead.
+with `--data-dir`. `ensure_dataset` does the same for the pipeline command, only for the
+files a folder lacks. Needs the internet; the tests use a loopback server instead.
 """
 
 from __future__ import annotations
@@ -10,16 +11,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import http.client
+import os
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 from trainer import idx
 
 CACHE_ROOT = Path.home() / '.cache' / 'mnist-tfx'
 TIMEOUT_SECONDS = 60
+CHUNK_BYTES = 1 << 20
+MB = 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,23 +59,44 @@ def _md5(path: Path) -> str:
   return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+def _stream(response, out, label: str) -> None:
+  """Copies the response to `out`, showing progress on a terminal and one line when done."""
+  total = int(response.headers.get('Content-Length') or 0)
+  done, live = 0, sys.stderr.isatty()
+  of_total = f' of {total / MB:.1f} MB' if total else ' MB'
+  for chunk in iter(lambda: response.read(CHUNK_BYTES), b''):
+    out.write(chunk)
+    done += len(chunk)
+    if live:
+      print(f'\r  {label}: {done / MB:.1f}{of_total}', end='', file=sys.stderr, flush=True)
+  if live:
+    print(file=sys.stderr)  # ends the progress line
+  if total and done != total:  # a chunked read does not raise IncompleteRead itself
+    raise DownloadError(f'truncated: expected {total} bytes, received {done}')
+  print(f'  {label}: {done / MB:.1f} MB done', file=sys.stderr)
+
+
 def _fetch(name: str, dataset: Dataset, dest: Path) -> None:
+  """Tries each mirror in turn; only a file matching its published MD5 takes `dest`'s name."""
   errors = []
+  partial = dest.with_name(f'{name}.{uuid.uuid4().hex[:8]}.part')  # one per concurrent fetch
   for mirror in dataset.mirrors:
-    partial = dest.with_suffix(dest.suffix + '.part')
+    url = mirror + name
+    print(f'downloading {url}', file=sys.stderr)
     try:
-      with urllib.request.urlopen(mirror + name, timeout=TIMEOUT_SECONDS) as response:
-        partial.write_bytes(response.read())
-    except (urllib.error.URLError, OSError) as e:
-      errors.append(f'{mirror}{name}: {e}')
-      continue
-    found = _md5(partial)
-    if found != dataset.md5[name]:
-      partial.unlink()
-      errors.append(f'{mirror}{name}: expected MD5 {dataset.md5[name]}, found {found}')
-      continue
-    partial.rename(dest)  # only a verified file ever takes the final name
-    return
+      with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response, \
+          open(partial, 'wb') as out:
+        _stream(response, out, name)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, DownloadError) as e:
+      errors.append(f'{url}: {e}')
+    else:
+      found = _md5(partial)
+      if found == dataset.md5[name]:
+        os.replace(partial, dest)
+        return
+      errors.append(f'{url}: expected MD5 {dataset.md5[name]}, found {found}')
+    partial.unlink(missing_ok=True)
+    print(f'  {errors[-1]}', file=sys.stderr)
   raise DownloadError('could not fetch a verified copy of ' + name + ':\n  ' +
                       '\n  '.join(errors))
 
@@ -81,9 +108,36 @@ def download(dataset: Dataset, dest: Path) -> Path:
     path = dest / name
     if path.exists() and _md5(path) == dataset.md5[name]:
       continue
-    print(f'downloading {name}', file=sys.stderr)
     _fetch(name, dataset, path)
   idx.load_source(dest, 'train')  # the structural checks the pipeline will make
+  idx.load_source(dest, 'test')
+  return dest
+
+
+def ensure_dataset(dest_dir: Union[str, os.PathLike], dataset: str = 'mnist',
+                   mirrors: Optional[Sequence[str]] = None) -> Path:
+  """`dest_dir`, after fetching whichever of the four IDX files it lacks (none: no network).
+
+  A file counts as present gzip'd or not, as `trainer.idx` reads either; what is present
+  is not re-checked here (ExampleGen checks it). Fetched files are MD5-verified, tried
+  mirror by mirror (`mirrors` replaces the dataset's list), so `make run` on a fresh
+  machine needs no separate download step.
+  """
+  if dataset not in DATASETS:
+    raise DownloadError(f'unknown dataset {dataset!r}: expected one of {", ".join(DATASETS)}')
+  spec = DATASETS[dataset]
+  if mirrors is not None:
+    spec = dataclasses.replace(spec, mirrors=tuple(mirrors))
+  dest = Path(dest_dir)
+  missing = [name for name in spec.md5
+             if not (dest / name).is_file() and not (dest / name[:-len('.gz')]).is_file()]
+  if not missing:
+    return dest
+  print(f'{dest}: fetching {len(missing)} missing {dataset} file(s)', file=sys.stderr)
+  dest.mkdir(parents=True, exist_ok=True)
+  for name in missing:
+    _fetch(name, spec, dest / name)
+  idx.load_source(dest, 'train')
   idx.load_source(dest, 'test')
   return dest
 
