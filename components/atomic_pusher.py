@@ -15,11 +15,18 @@ pushed by hand) must not hide a new model, and two pushes in one second both lan
 A model byte-for-byte identical to the latest version is not pushed again (TFX's Pusher
 would add a duplicate version, e.g. when a re-run is cached up to the Trainer and the
 Evaluator blesses the same model against itself); the push records that version.
+
+The blessing names the served version the candidate was compared with. If another version
+has been served since (a concurrent run, a hand push, a cached verdict), the candidate was
+never compared with it and is not pushed. Each pushed version carries its evaluation
+record (`serving.layout.EVALUATION_RECORD`): metrics, baseline, spans, run and code.
 """
 
 from __future__ import annotations
 
+import datetime
 import filecmp
+import json
 import os
 import shutil
 import time
@@ -31,19 +38,26 @@ from absl import logging
 from tfx import types
 from tfx.components.pusher import executor as pusher_executor
 from tfx.components.pusher.component import Pusher
-from tfx.dsl.components.base import executor_spec
+from tfx.dsl.components.base import base_component, executor_spec
 from tfx.proto import pusher_pb2
-from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import io_utils, proto_utils
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ExecutionParameter
+from tfx.utils import io_utils, json_utils, proto_utils
 
-from serving.layout import STAGING_PREFIX, latest_version, next_version
+from components.served_baseline import BASELINE_VERSION_KEY
+from serving.layout import (EVALUATION_RECORD, PUSHER_FILES, STAGING_PREFIX, latest_version,
+                            next_version)
+
+RECORD_KEY = 'record'  # JSON the pipeline fixes for every push: pipeline, code, training
 
 STALE_STAGING_SECONDS = 3600  # older staging folders are leftovers of killed pushes
 
 
 def same_files(a: Path, b: Path) -> bool:
+  """The same model: every file equal, except those the Pusher adds beside it."""
   def names(root: Path) -> List[Path]:
-    return sorted(p.relative_to(root) for p in root.rglob('*') if p.is_file())
+    return sorted(p.relative_to(root) for p in root.rglob('*')
+                  if p.is_file() and str(p.relative_to(root)) not in PUSHER_FILES)
   files = names(a)
   return files == names(b) and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files)
 
@@ -59,8 +73,10 @@ def copy_model(source: str, staging: Path) -> None:
   io_utils.copy_dir(source, str(staging))
 
 
-def push_atomically(source: str, base: Path, now: float | None = None) -> Path:
-  """Copies the SavedModel at `source` to `<base>/<new version>` via a staging folder."""
+def push_atomically(source: str, base: Path, now: float | None = None,
+                    record: Dict[str, Any] | None = None) -> Path:
+  """Copies the SavedModel at `source` to `<base>/<new version>` via a staging folder,
+  with `record` (its `version` filled in) as the evaluation record beside it."""
   now = time.time() if now is None else now
   base.mkdir(parents=True, exist_ok=True)
   remove_stale_staging(base, now)
@@ -69,6 +85,10 @@ def push_atomically(source: str, base: Path, now: float | None = None) -> Path:
     copy_model(source, staging)
     for _ in range(100):  # another pusher may take a number first; try the next
       target = base / str(next_version(base, now))
+      if record is not None:
+        (staging / EVALUATION_RECORD).parent.mkdir(parents=True, exist_ok=True)
+        (staging / EVALUATION_RECORD).write_text(
+            json.dumps({**record, 'version': int(target.name)}, indent=2, sort_keys=True))
       try:
         os.rename(staging, target)  # fails if target exists and is not empty
       except OSError:
@@ -101,19 +121,69 @@ class Executor(pusher_executor.Executor):
       self._MarkNotPushed(model_push)
       return None
     model_path = self.GetModelPath(input_dict)
+    blessing = artifact_utils.get_single_instance(
+        input_dict[standard_component_specs.MODEL_BLESSING_KEY])
     latest = latest_version(Path(base))
+    compared_with = blessing.get_string_custom_property(BASELINE_VERSION_KEY)
     if latest and '://' not in model_path and same_files(Path(model_path), latest):
       target = latest
       logging.info('Model already served as version %s; not pushed again.', target.name)
+    elif (latest.name if latest else '') != compared_with:
+      logging.warning('Not pushed: the Evaluator compared the candidate with served version '
+                      '%s, but %s is served now; the next run compares with it.',
+                      compared_with or '(none)', latest.name if latest else '(none)')
+      self._MarkNotPushed(model_push)
+      return None
     else:
-      target = push_atomically(model_path, Path(base))
+      record = evaluation_record(blessing, exec_properties.get(RECORD_KEY) or '{}',
+                                 self._context.pipeline_run_id if self._context else None)
+      target = push_atomically(model_path, Path(base), record=record)
       logging.info('Model written to serving path %s.', target)
     io_utils.copy_dir(model_path, model_push.uri)  # the archive copy TFX keeps
     self._MarkPushed(model_push, pushed_destination=str(target), pushed_version=target.name)
     return None
 
 
-class AtomicPusher(Pusher):
-  """TFX's Pusher component with the executor above (give it the id `Pusher`)."""
+def evaluation_record(blessing: types.Artifact, fixed: str,
+                      run_id: str | None) -> Dict[str, Any]:
+  """What a served version was judged on: the blessing's numbers plus the pipeline's."""
+  def number(name: str) -> float | None:
+    return (blessing.get_float_custom_property(name)
+            if blessing.has_custom_property(name) else None)
+  return {
+      **json.loads(fixed),
+      'pushed_at': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'run_id': run_id,
+      'spans': json.loads(blessing.get_string_custom_property('spans') or '[]'),
+      'metrics': {
+          'test_accuracy': number('candidate_accuracy'),
+          'baseline_accuracy': number('baseline_accuracy'),
+          'baseline_version': (int(blessing.get_string_custom_property(BASELINE_VERSION_KEY))
+                               if blessing.get_string_custom_property(BASELINE_VERSION_KEY)
+                               else None),
+          'holdout_accuracy': json.loads(
+              blessing.get_string_custom_property('holdout_accuracy') or '{}'),
+      },
+  }
 
+
+class AtomicPusherSpec(standard_component_specs.PusherSpec):
+  PARAMETERS = {**standard_component_specs.PusherSpec.PARAMETERS,
+                RECORD_KEY: ExecutionParameter(type=str, optional=True)}
+
+
+class AtomicPusher(Pusher):
+  """TFX's Pusher component with the executor above (give it the id `Pusher`). `record`:
+  what the pipeline knows of every push (name, code fingerprints, training config)."""
+
+  SPEC_CLASS = AtomicPusherSpec
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+  def __init__(self, model: types.BaseChannel, model_blessing: types.BaseChannel,
+               push_destination: pusher_pb2.PushDestination,
+               record: Dict[str, Any] | None = None):
+    spec = AtomicPusherSpec(
+        model=model, model_blessing=model_blessing, push_destination=push_destination,
+        custom_config=json_utils.dumps({}), record=json.dumps(record or {}, sort_keys=True),
+        pushed_model=types.Channel(type=standard_artifacts.PushedModel))
+    base_component.BaseComponent.__init__(self, spec=spec)

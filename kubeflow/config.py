@@ -44,7 +44,6 @@ class KubeflowConfig:
   serving_uri: str = ''                    # TF Serving root: gs://... or a path on a PVC
   pvc_mounts: str = ''                     # NAME:/mount/path,... mounted into every task
   spec_path: str = ''                      # '' = outputs/kubeflow/<pipeline_name>.yaml
-  baseline_model: bool = False             # gate on the last blessed model (needs Vertex)
   beam_args: str = '--direct_running_mode=multi_processing'  # e.g. --runner=DataflowRunner ...
   # The Trainer's GPU nodes; every other task stays on CPU.
   gpu_count: int = 1                       # 0 keeps the Trainer on CPU

@@ -23,8 +23,9 @@ for Vertex AI Pipelines and fails under the open-source KFP v2 launcher
 3. ExampleGen's driver. TFX attaches the file-based ExampleGen driver (span, version and
    input fingerprint) as a pre-cache-check hook that only Vertex runs; it runs here,
    in-process, so the Examples artifact carries the same properties as in local runs.
-4. Data staging. The MNIST IDX reader (trainer/idx.py) reads local files only; an
-   `input_base` on object storage (gs://) is copied to a local folder first.
+4. Data staging. The MNIST IDX reader (trainer/idx.py) and the span reader read local
+   files only; an `input_base` on object storage (gs://) is copied to a local folder
+   first: the base files and the sealed spans (`spans/<N>/`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 import yaml
 
-from trainer import logs
+from trainer import data_layout, logs
 
 # The launcher's local mirror of each scheme; `ARTIFACT_LOCAL_PATH` moves the root, as
 # it does for the launcher itself (KFP uses it for local debugging, tests here too).
@@ -253,13 +254,19 @@ def stage_input_base(executor_input: pipeline_spec_pb2.ExecutorInput,
   if not tf.io.gfile.isdir(source):
     raise EntrypointError(f'input_base {source}: not a folder (or not readable here)')
   target = os.path.join(workdir, 'input_base')
-  os.makedirs(target, exist_ok=True)
   copied = []
-  for name in sorted(tf.io.gfile.listdir(source)):
-    path = f'{source.rstrip("/")}/{name}'
-    if not tf.io.gfile.isdir(path):
-      tf.io.gfile.copy(path, os.path.join(target, name), overwrite=True)
-      copied.append(name)
+  for folder, _, files in tf.io.gfile.walk(source):
+    relative = os.path.relpath(folder, source) if folder != source else ''
+    parts = [p for p in relative.split(os.sep) if p]
+    # The base files, and sealed spans (spans/<N>/...); not incoming/ or staging folders.
+    if parts and not (parts[0] == data_layout.SPANS_DIR and len(parts) > 1 and
+                      parts[1].isdigit()):
+      continue
+    os.makedirs(os.path.join(target, *parts), exist_ok=True)
+    for name in files:
+      tf.io.gfile.copy(f'{folder.rstrip("/")}/{name}', os.path.join(target, *parts, name),
+                       overwrite=True)
+      copied.append('/'.join(parts + [name]))
   logging.info('kubeflow.entrypoint: staged %s from %s to %s', ', '.join(copied) or
                'nothing', source, target)
   _set_input_base(executor_input, target)

@@ -9,12 +9,11 @@ module then adapts it to the open-source Kubeflow Pipelines backend:
 * the Trainer requests GPUs, its pod gets the GPU pool's node selector and tolerations,
   and PVCs are mounted, in a second YAML document (the Kubernetes platform spec that
   `kfp.Client` uploads with the pipeline);
-* the latest-blessed-model resolver is left out unless `baseline_model` is set: the
-  open-source backend rejects resolver tasks ("resolver executors not implemented"), so
-  there the Evaluator gates on the absolute accuracy bound alone;
 * the ExampleGen task is never cached: the file fingerprinting that lets TFX cache it
   (a pre-cache-check hook) runs on Vertex only, so a cached ExampleGen would miss new
-  data in scheduled runs;
+  data (spans) in scheduled runs; nor is the Evaluator, whose baseline is the model
+  served at the time it runs (components/served_baseline.py; its driver, which puts the
+  served version into the cache key locally, does not run on KFP);
 * the pipeline root is written into the spec (`defaultPipelineRoot`): TFX keeps it only
   in the runtime config, which a YAML spec does not carry.
 """
@@ -33,7 +32,7 @@ from pipeline import component_ids as ids
 from pipeline.configs import CURATED_SCHEMA, NO_EXTRA_PACKAGES, Locations, PipelineParams
 
 ENTRYPOINT_COMMAND = ('python', '-m', 'kubeflow.entrypoint')
-BASELINE_MODEL_KEY = 'baseline_model'
+NEVER_CACHED = (ids.EXAMPLE_GEN, ids.EVALUATOR)
 # Beam options through which a user ships dependencies to remote workers.
 BEAM_DEPENDENCY_OPTIONS = ('extra_packages', 'setup_file', 'requirements_file',
                            'sdk_container_image', 'worker_harness_container_image')
@@ -102,8 +101,7 @@ def build(params: PipelineParams, kfp: KubeflowConfig):
   """The local DAG with the pods' locations, adapted for the open-source backend."""
   from pipeline import pipeline  # pylint: disable=import-outside-toplevel
   check_locations(kfp)
-  dag = pipeline.create_pipeline(params, locations(params, kfp), beam_args(params, kfp),
-                                 baseline_model=kfp.baseline_model)
+  dag = pipeline.create_pipeline(params, locations(params, kfp), beam_args(params, kfp))
   attach_resources(dag, kfp)
   return dag
 
@@ -165,7 +163,8 @@ def compile_spec(params: PipelineParams, kfp: KubeflowConfig) -> Dict[str, Any]:
   spec = job['pipelineSpec']
   spec['defaultPipelineRoot'] = kfp.pipeline_root
   tasks = spec['root']['dag']['tasks']
-  tasks[ids.EXAMPLE_GEN].setdefault('cachingOptions', {})['enableCache'] = False
+  for never_cached in NEVER_CACHED:
+    tasks[never_cached].setdefault('cachingOptions', {})['enableCache'] = False
   # TFX's file-based ExampleGen container ignores with_platform_config; set it here.
   example_gen = spec['deploymentSpec']['executors'][executor_label(ids.EXAMPLE_GEN)]
   if (kfp.cpu_limit or kfp.memory_limit) and 'resources' not in example_gen['container']:

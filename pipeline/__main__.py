@@ -2,6 +2,8 @@
 
 Runs the whole DAG locally with progress per component, then prints a summary read back
 from ML Metadata. `python -m pipeline summary` prints the last run's summary again.
+`python -m pipeline seal` seals the images waiting in `<data-dir>/incoming/` into the next
+span (every run does it first, too); `--from FOLDER` seals a folder prepared by hand.
 """
 
 from __future__ import annotations
@@ -10,8 +12,23 @@ import argparse
 import sys
 import time
 
+from typing import Optional
+
 from pipeline import configs, preflight
 from trainer import logs
+
+
+def seal(config: configs.LocalConfig, source: Optional[str]) -> int:
+  from components import spans  # pylint: disable=import-outside-toplevel
+  try:
+    sealed = (spans.seal_folder(config.data_dir, source) if source
+              else spans.seal_incoming(config.data_dir))
+  except (OSError, ValueError) as e:
+    print(f'Seal FAILED: {e}', file=sys.stderr)
+    return 1
+  print(f'Sealed {source or "incoming/"} as span {sealed} of {config.data_dir}'
+        if sealed is not None else f'Nothing to seal in {config.data_dir}/incoming')
+  return 0
 
 
 def main(argv=None) -> int:
@@ -21,16 +38,24 @@ def main(argv=None) -> int:
   commands = parser.add_subparsers(dest='command', required=True)
   configs.add_arguments(commands.add_parser('run', help='run the whole pipeline locally'))
   configs.add_arguments(commands.add_parser('summary', help="print the last run's summary"))
+  seal_command = commands.add_parser('seal', help='seal incoming/ (or --from FOLDER) into '
+                                                  'the next span of the data folder')
+  configs.add_arguments(seal_command)
+  seal_command.add_argument('--from', dest='source', metavar='FOLDER',
+                            help='a folder of IDX files or label folders 0-9 to seal')
   args = parser.parse_args(argv)
   try:
     config = configs.load(args)
   except ValueError as e:
     parser.error(str(e))
 
+  if args.command == 'seal':
+    return seal(config, args.source)
   if args.command == 'run':
     try:
+      preflight.prepare_data(config)
       preflight.check(config)  # in a second, before TensorFlow is imported
-    except preflight.PreflightError as e:
+    except (preflight.PreflightError, OSError, ValueError) as e:
       print(f'Pipeline FAILED: {e}', file=sys.stderr)
       return 2
 

@@ -10,12 +10,12 @@ STATISTICS_GEN = 'StatisticsGen'
 SCHEMA_GEN = 'ImportSchemaGen'
 EXAMPLE_VALIDATOR = 'ExampleValidator'
 ANOMALIES_GATE = 'AnomaliesGate'
+DRIFT_CHECK = 'DriftCheck'
 TRANSFORM = 'Transform'
 TRAINER = 'Trainer'
-BASELINE_RESOLVER = 'LatestBlessedModelResolver'
 EVALUATOR = 'Evaluator'
 PUSHER = 'Pusher'
 
-# The order they run in (the resolver only where the backend can run resolvers).
-ALL = (EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR, ANOMALIES_GATE, TRANSFORM,
-       TRAINER, BASELINE_RESOLVER, EVALUATOR, PUSHER)
+# The order they run in.
+ALL = (EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR, ANOMALIES_GATE, DRIFT_CHECK,
+       TRANSFORM, TRAINER, EVALUATOR, PUSHER)

@@ -28,6 +28,7 @@ ENV_PREFIX = 'MNIST_'
 SHARED_DATA_DIR = REPO_ROOT.parent / 'shared' / 'datasets' / 'mnist'
 DOWNLOAD_CACHE_DIR = Path.home() / '.cache' / 'mnist-tfx' / 'mnist'  # components.download's default
 CURATED_SCHEMA = REPO_ROOT / 'pipeline' / 'schema' / 'schema.pbtxt'
+DRIFT_BOUNDS = REPO_ROOT / 'pipeline' / 'schema' / 'drift.pbtxt'
 
 
 def default_data_dir() -> Path:
@@ -45,6 +46,9 @@ class PipelineParams:
   limit_train: int = 0                 # 0 = the whole training file
   limit_test: int = 0                  # 0 = the whole test file
   accuracy_threshold: float = 0.99     # absolute lower bound on test accuracy
+  span_window: int = 0                 # sealed spans trained on: 0 = all, K = the newest K
+  holdout_fraction: float = 0.1        # of each span, held out and evaluated as its slice
+  drift_min_examples: int = 500        # smaller spans are not compared with the base data
   beam_workers: int = 1                # 1 = in-process (fastest at MNIST size); 0 = one per core
   enable_cache: bool = True
   anomalies_warn_only: bool = False    # data anomalies: warn and go on instead of failing
@@ -55,6 +59,11 @@ class PipelineParams:
       raise ValueError(f'preset: expected one of {tuple(PRESETS)}, found {self.preset!r}')
     if self.eval_size < 1:
       raise ValueError(f'eval_size must be >= 1, found {self.eval_size}')
+    if self.span_window < 0:
+      raise ValueError(f'span_window must be >= 0 (0 = all spans), found {self.span_window}')
+    if not 0 <= self.holdout_fraction < 1:
+      raise ValueError(f'holdout_fraction: expected 0 <= value < 1, found '
+                       f'{self.holdout_fraction}')
     if self.limit_train and self.limit_train <= self.eval_size:
       raise ValueError(f'limit_train ({self.limit_train}) must exceed eval_size '
                        f'({self.eval_size}) so that the train split is not empty')

@@ -1,4 +1,5 @@
-"""Checks that fail a run in its first second, before TensorFlow is even imported.
+"""What runs before the DAG, in its first second, before TensorFlow is even imported: the
+data made ready (`prepare_data`), then checks that fail a bad run at once.
 
 Without them a missing or unreadable data folder surfaces minutes later as a Beam
 traceback inside ExampleGen, a read-only output folder as an SQLite error, and a full
@@ -13,9 +14,10 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from pipeline.configs import LocalConfig, is_uri
+from components import download, spans
+from pipeline.configs import DOWNLOAD_CACHE_DIR, LocalConfig, is_uri
 from trainer import idx
 
 MB = 1024 * 1024
@@ -120,6 +122,23 @@ def check(config: LocalConfig) -> None:
   problems += check_outputs(config)
   if problems:
     raise PreflightError('cannot start the run:\n' + '\n'.join(f'  - {p}' for p in problems))
+
+
+def prepare_data(config: LocalConfig,
+                 mirrors: Optional[Sequence[str]] = None) -> Optional[int]:
+  """Before a run: MNIST fetched into the download cache when that is the data folder and
+  it is empty (a fresh machine), then `incoming/` sealed into the next span, so images
+  that arrive during the run wait for the next one. Returns the span sealed, if any."""
+  if is_uri(config.data_dir):
+    return None
+  if Path(config.data_dir) == DOWNLOAD_CACHE_DIR:
+    download.ensure_dataset(config.data_dir, mirrors=mirrors)
+  if not Path(config.data_dir).is_dir():
+    return None  # preflight says what is wrong
+  sealed = spans.seal_incoming(config.data_dir)
+  if sealed is not None:
+    print(f'Sealed {config.data_dir}/incoming into span {sealed}', flush=True)
+  return sealed
 
 
 def explain(error: BaseException) -> Optional[str]:

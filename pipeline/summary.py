@@ -37,6 +37,8 @@ class RunSummary:
   run_id: str
   components: List[ComponentRun]
   test_accuracy: Optional[float] = None
+  baseline_version: Optional[str] = None     # the served version it was compared with
+  baseline_accuracy: Optional[float] = None
   blessed: Optional[bool] = None
   pushed_to: Optional[str] = None
   anomalies: List[str] = dataclasses.field(default_factory=list)   # ExampleValidator's
@@ -59,6 +61,13 @@ class RunSummary:
       lines += [f'    - {a}' for a in self.anomalies]
     if self.test_accuracy is not None:
       lines.append(f'  test accuracy: {self.test_accuracy:.4f}')
+    if self.baseline_version:
+      accuracy = (f'{self.baseline_accuracy:.4f}' if self.baseline_accuracy is not None
+                  else 'unknown')
+      lines.append(f'  baseline: served version {self.baseline_version}, test accuracy '
+                   f'{accuracy}')
+    elif self.baseline_version == '':
+      lines.append('  baseline: none served yet (the absolute bound alone gates)')
     if self.blessed is not None:
       lines.append(f'  blessed: {"yes" if self.blessed else "no"}')
       lines += [f'    - {reason}' for reason in self.not_blessed_because]
@@ -81,19 +90,16 @@ def _outputs(store, execution_id: int) -> List[metadata_store_pb2.Artifact]:
 
 
 def read_test_accuracy(evaluation_uri: str) -> Optional[float]:
-  """Overall test accuracy from the Evaluator's TFMA output."""
-  result = tfma.load_eval_result(evaluation_uri)
-  for slice_key, metrics in result.slicing_metrics:
-    if slice_key == ():
-      for output_metrics in metrics.values():
-        for sub in output_metrics.values():
-          if ACCURACY_METRIC in sub:
-            return float(sub[ACCURACY_METRIC]['doubleValue'])
-  return None
+  """The candidate's accuracy on the canonical test split (the base data's slice)."""
+  # pylint: disable=import-outside-toplevel
+  from components.served_baseline import CANDIDATE, slice_accuracies
+  from trainer import features
+  # pylint: enable=import-outside-toplevel
+  return slice_accuracies(evaluation_uri).get((CANDIDATE, features.BASE_SPAN))
 
 
 def _threshold_text(threshold) -> str:
-  """`>= 0.99` for a value bound; `change >= -1e-10 vs the last blessed model` for a
+  """`>= 0.99` for a value bound; `change >= -1e-10 vs the served model` for a
   change bound (TFMA reports each failed bound on its own)."""
   parts = []
   if threshold.HasField('value_threshold'):
@@ -106,7 +112,7 @@ def _threshold_text(threshold) -> str:
     changes = ([f'change {sign} {bound.absolute.value:g}'] if bound.HasField('absolute')
                else []) + ([f'relative change {sign} {bound.relative.value:g}']
                            if bound.HasField('relative') else [])
-    parts.append(' and '.join(changes) + ' vs the last blessed model')
+    parts.append(' and '.join(changes) + ' vs the served model')
   return ' and '.join(parts) or 'none'
 
 
@@ -123,7 +129,7 @@ def read_gate_failures(evaluation_uri: str) -> List[str]:
   for per_slice in result.metric_validations_per_slice:
     for failure in per_slice.failures:
       key = failure.metric_key
-      what = 'change vs the last blessed model' if key.is_diff else 'value'
+      what = 'change vs the served model' if key.is_diff else 'value'
       reasons.append(f'{key.name} ({_slice_text(per_slice.slice_key)} slice): {what} '
                      f'{failure.metric_value.double_value.value:.4f}, bound '
                      f'{_threshold_text(failure.metric_threshold)}'
@@ -165,6 +171,10 @@ def last_run(metadata_path: str, run_id: Optional[str] = None) -> Optional[RunSu
       props = artifact.custom_properties
       if component_id == ids.EVALUATOR and artifact.type == 'ModelBlessing':
         summary.blessed = bool(props['blessed'].int_value) if 'blessed' in props else None
+        if 'baseline_version' in props:
+          summary.baseline_version = props['baseline_version'].string_value
+        if 'baseline_accuracy' in props:
+          summary.baseline_accuracy = props['baseline_accuracy'].double_value
       elif component_id == ids.EVALUATOR and artifact.type == 'ModelEvaluation':
         summary.test_accuracy = read_test_accuracy(artifact.uri)
         summary.not_blessed_because = read_gate_failures(artifact.uri)

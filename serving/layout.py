@@ -14,26 +14,42 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional
+
+# How a caller lists a folder and tests a file: `os` here; TFX's fileio (gs://, s3://)
+# where the serving location is object storage.
+ListDir = Callable[[str], List[str]]
+IsFile = Callable[[str], bool]
 
 SAVED_MODEL_FILE = 'saved_model.pb'
 STAGING_PREFIX = '.push-'     # a push being copied; renamed to its version when complete
+# What the Pusher adds beside the SavedModel, in the folder TF Serving leaves to tools:
+# the evaluation the version passed (metrics, spans, run, code), for `pipeline lineage`.
+EVALUATION_RECORD = 'assets.extra/evaluation.json'
+PUSHER_FILES = (EVALUATION_RECORD,)
+
+
+def versions(base: str, listdir: ListDir, isfile: IsFile) -> Dict[int, str]:
+  """Integer-named folders of `base` holding saved_model.pb, on any filesystem; staging
+  folders and partial copies don't count. A missing `base` has none."""
+  try:
+    names = [name.rstrip('/') for name in listdir(base)]
+  except (FileNotFoundError, NotADirectoryError):
+    return {}
+  folders = {int(name): f'{base.rstrip("/")}/{name}' for name in names if name.isdigit()}
+  return {v: path for v, path in folders.items() if isfile(f'{path}/{SAVED_MODEL_FILE}')}
 
 
 def discover(base_path: Path) -> Dict[int, Path]:
-  """Integer-named folders holding saved_model.pb; temp dirs and partial copies don't count."""
-  try:
-    entries = list(os.scandir(base_path))
-  except (FileNotFoundError, NotADirectoryError):
-    return {}
-  return {int(e.name): Path(e.path) for e in entries
-          if e.name.isdigit() and e.is_dir() and (Path(e.path) / SAVED_MODEL_FILE).is_file()}
+  """`versions` of a local folder."""
+  found = versions(str(base_path), os.listdir, os.path.isfile)
+  return {v: Path(path) for v, path in found.items()}
 
 
 def latest_version(base_path: Path) -> Optional[Path]:
   """The version a model server serves by default: the largest complete one."""
-  versions = discover(base_path)
-  return versions[max(versions)] if versions else None
+  found = discover(base_path)
+  return found[max(found)] if found else None
 
 
 def next_version(base_path: Path, now: float) -> int:

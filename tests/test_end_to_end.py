@@ -1,14 +1,21 @@
-"""The whole DAG on a slice of the shared MNIST, through both ways users run it.
+"""The whole DAG on a slice of the shared MNIST, through both ways users run it, then the
+continuous-training story on the same outputs.
 
 One shared run (TFX's fixed costs make each run take minutes): `python -m pipeline run`
 first, then the same pipeline again through TFX's own CLI (`tfx pipeline create` +
-`tfx run create` with the local engine), which must be served from the cache.
+`tfx run create` with the local engine), which must be served from the cache. Then new
+data arrives: labelled images in `incoming/` are sealed into span 1 and trained on, and
+the better model is pushed with its record (images written during that run wait for the
+next); a span of one digit only is stopped by the drift check and nothing served changes.
 """
 
+import io
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +23,19 @@ import pytest
 import tensorflow as tf
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
+from PIL import Image
 
-from trainer import idx
 from pipeline import component_ids, configs, summary
-from trainer import features
+from serving import layout
+from trainer import data_layout, features, idx
 
 pytestmark = pytest.mark.e2e
 
 SLICE = {'MNIST_PRESET': 'quick', 'MNIST_LIMIT_TRAIN': '2500', 'MNIST_EVAL_SIZE': '500',
-         'MNIST_LIMIT_TEST': '500', 'MNIST_EPOCHS': '2', 'MNIST_BATCH_SIZE': '64', 'MNIST_ACCURACY_THRESHOLD': '0.5'}
+         'MNIST_LIMIT_TEST': '500', 'MNIST_EPOCHS': '1', 'MNIST_BATCH_SIZE': '64',
+         'MNIST_ACCURACY_THRESHOLD': '0.5', 'MNIST_DRIFT_MIN_EXAMPLES': '200'}
+NEW_SPAN = range(3000, 3600)   # training-file images past the slice: new, good data
+LONGER = {'MNIST_EPOCHS': '4'}  # the next runs train longer: a clearly better candidate
 RUN_TIMEOUT = 900
 
 
@@ -36,9 +47,18 @@ def _run(cmd, env, cwd):
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory, mnist_dir):
+def data_dir(tmp_path_factory, mnist_dir):
+  """A writable data folder (spans, incoming/) whose base files are the shared MNIST's."""
+  folder = tmp_path_factory.mktemp('data')
+  for path in mnist_dir.glob('*-ubyte.gz'):
+    (folder / path.name).symlink_to(path)
+  return folder
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, data_dir):
   out = tmp_path_factory.mktemp('e2e')
-  env = {**os.environ, **SLICE, 'MNIST_DATA_DIR': str(mnist_dir),
+  env = {**os.environ, **SLICE, 'MNIST_DATA_DIR': str(data_dir),
          'MNIST_OUTPUT_DIR': str(out), 'LOCAL_HOME': str(out / 'tfx_cli_home')}
   repo = configs.REPO_ROOT
   first = _run([sys.executable, '-m', 'pipeline', 'run'], env, repo)
@@ -47,7 +67,7 @@ def runs(tmp_path_factory, mnist_dir):
         '--pipeline_path', 'pipeline/local_runner.py'], env, repo)
   second = _run([tfx_cli, 'run', 'create', '--engine', 'local', '--pipeline_name', 'mnist'],
                 env, repo)
-  return configs.load(environ=env), first, second
+  return configs.load(environ=env), first, second, env
 
 
 def _store(config):
@@ -64,20 +84,20 @@ def _runs_in_order(config):
 
 
 def test_every_component_ran_and_progress_was_shown(runs):
-  config, first_output, _ = runs
+  config, first_output, _, _ = runs
   first = _runs_in_order(config)[0]
   states = {c.component_id: c.state for c in first.components}
   assert set(states) == set(component_ids.ALL)
   assert all(state == 'done' for state in states.values()), states
   for component_id in component_ids.ALL:
     assert f'Component {component_id} is running.' in first_output
-  assert re.search(r'Epoch 2/2\n.*?\d+/\d+ - .* val_accuracy', first_output)
+  assert re.search(r'Epoch 1/1\n.*?\d+/\d+ - .* val_accuracy', first_output)
   assert 'MNIST ExampleGen: split train has 2000 examples' in first_output
   assert 'blessed: yes' in first_output
 
 
 def test_pushed_model_classifies_raw_pixels_as_the_evaluator_measured(runs):
-  config, _, _ = runs
+  config, _, _, _ = runs
   versions = [p for p in config.model_serving_dir.iterdir() if p.name.isdigit()]
   assert versions, f'nothing pushed to {config.model_serving_dir}'
   model = tf.saved_model.load(str(max(versions, key=lambda p: int(p.name))))
@@ -91,14 +111,108 @@ def test_pushed_model_classifies_raw_pixels_as_the_evaluator_measured(runs):
 
 
 def test_second_run_through_tfx_cli_is_served_from_cache(runs):
-  config, _, _ = runs
+  config, _, _, _ = runs
   all_runs = _runs_in_order(config)
   assert len(all_runs) == 2
   states = {c.component_id: c.state for c in all_runs[1].components}
-  for component_id in ('MnistExampleGen', 'StatisticsGen', 'ImportSchemaGen', 'ExampleValidator',
-                       'AnomaliesGate', 'Transform', 'Trainer'):
+  for component_id in (component_ids.EXAMPLE_GEN, component_ids.STATISTICS_GEN,
+                       component_ids.SCHEMA_GEN, component_ids.EXAMPLE_VALIDATOR,
+                       component_ids.ANOMALIES_GATE, component_ids.DRIFT_CHECK,
+                       component_ids.TRANSFORM, component_ids.TRAINER):
     assert states[component_id] == 'cached', states
   # The same model, blessed again against itself, is not pushed as a second version.
   assert all_runs[1].blessed is True
   assert all_runs[1].pushed_to == all_runs[0].pushed_to
   assert len([p for p in config.model_serving_dir.iterdir() if p.name.isdigit()]) == 1
+
+
+# --- continuous training ------------------------------------------------------------
+
+def _png(image: np.ndarray) -> bytes:
+  out = io.BytesIO()
+  Image.fromarray(image).save(out, format='PNG')
+  return out.getvalue()
+
+
+def _tree(folder: Path):
+  return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*'))
+          if p.is_file()}
+
+
+def _run_writing_during(env, when: str, write) -> subprocess.CompletedProcess:
+  """`python -m pipeline run`, calling `write()` once `when` shows in its output."""
+  proc = subprocess.Popen([sys.executable, '-m', 'pipeline', 'run'], cwd=configs.REPO_ROOT,
+                          env={**env, 'PYTHONUNBUFFERED': '1'}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  timer = threading.Timer(RUN_TIMEOUT, proc.kill)
+  timer.start()
+  lines, wrote = [], False
+  for line in proc.stdout:
+    lines.append(line)
+    if not wrote and when in line:
+      write()
+      wrote = True
+  proc.wait()
+  timer.cancel()
+  output = ''.join(lines)
+  assert wrote, f'{when!r} never showed:\n{output[-4000:]}'
+  return subprocess.CompletedProcess(proc.args, proc.returncode, output)
+
+
+@pytest.fixture(scope='module')
+def story(runs, data_dir, mnist_dir):
+  config, _, _, env = runs
+  served = config.model_serving_dir
+  first_version = layout.latest_version(served)
+  train = idx.load_source(mnist_dir, 'train', NEW_SPAN.stop)
+  for i in NEW_SPAN:
+    data_layout.write_incoming(data_dir, int(train.labels[i]), _png(train.images[i]), '.png')
+  sevens = [i for i in range(NEW_SPAN.stop) if train.labels[i] == 7][:250]
+
+  def late_images():  # one digit only: the next span, and a drifted one
+    for i in sevens:
+      data_layout.write_incoming(data_dir, 7, _png(train.images[i]), '.png')
+
+  longer = {**env, **LONGER}
+  good = _run_writing_during(longer, 'Component MnistExampleGen is running', late_images)
+  assert good.returncode == 0, good.stdout[-4000:]
+  waiting = data_layout.count_incoming(data_dir)
+  second_version = layout.latest_version(served)
+  before = _tree(served)
+  drifted = subprocess.run([sys.executable, '-m', 'pipeline', 'run'], cwd=configs.REPO_ROOT,
+                           env=longer, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+  return {'config': config, 'first': first_version, 'second': second_version,
+          'good': good.stdout, 'waiting': waiting, 'late': len(sevens), 'before': before,
+          'drifted': drifted, 'after': _tree(served)}
+
+
+def test_a_new_span_is_sealed_trained_on_and_pushed_with_its_record(story):
+  assert 'Sealed ' in story['good'] and 'into span 1' in story['good']
+  assert 'MNIST ExampleGen: span 1: 540 train, 60 holdout' in story['good']
+  assert story['second'] != story['first']
+  record = json.loads((story['second'] / layout.EVALUATION_RECORD).read_text())
+  assert record['spans'] == [1] and record['version'] == int(story['second'].name)
+  metrics = record['metrics']
+  assert metrics['baseline_version'] == int(story['first'].name)
+  assert metrics['test_accuracy'] >= metrics['baseline_accuracy']
+  assert set(metrics['holdout_accuracy']) == {'1'}
+  assert set(record['code_fingerprint']) == {'transform', 'trainer'}
+  result = summary.last_run(str(story['config'].metadata_path),
+                            run_id=_runs_in_order(story['config'])[2].run_id)
+  assert result.blessed is True and result.baseline_version == story['first'].name
+  assert result.test_accuracy == pytest.approx(metrics['test_accuracy'])
+
+
+def test_images_written_during_a_run_wait_for_the_next_span(story):
+  assert story['waiting'] == story['late']
+
+
+def test_a_drifted_span_stops_the_run_and_nothing_served_changes(story):
+  drifted = story['drifted']
+  output = drifted.stdout + drifted.stderr
+  assert drifted.returncode != 0
+  assert 'Sealed ' in output and 'into span 2' in output
+  assert re.search(r'span 2: label: The Linfty distance between current and previous is '
+                   r'[\d.]+ .*above the threshold 0.1', output), output[-4000:]
+  assert 'DriftCheck' in output and 'FAILED' in output
+  assert story['after'] == story['before']

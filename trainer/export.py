@@ -22,8 +22,8 @@ SAVED_MODEL_FILE = 'saved_model.pb'
 
 def _signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutput) -> dict:
   model.tft_layer = tf_transform_output.transform_features_layer()
-  raw_spec = tf_transform_output.raw_feature_spec()
-  raw_spec.pop(features.LABEL_KEY)
+  # Clients send the image alone: the label and the data's bookkeeping (span) are not inputs.
+  raw_spec = {features.IMAGE_KEY: tf_transform_output.raw_feature_spec()[features.IMAGE_KEY]}
 
   def probabilities(raw_features):
     transformed = model.tft_layer(raw_features)

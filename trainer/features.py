@@ -5,6 +5,7 @@ Kept free of TensorFlow imports so that the serving code and the CLI can read it
 
 IMAGE_KEY = 'image'
 LABEL_KEY = 'label'
+SPAN_KEY = 'span'          # which data an example came from: 0 = base files, N = span N
 
 IMAGE_HEIGHT = 28
 IMAGE_WIDTH = 28
@@ -14,10 +15,14 @@ NUM_CLASSES = 10
 
 # Split names written by the MNIST ExampleGen: `train` and `eval` are carved from the
 # training file, `test` is the whole test file and only the Evaluator reads it.
+# `holdout` holds each span's seeded holdout (its examples keep their `span`): evaluated
+# beside `test`, each span its own slice; the gate reads the canonical test split only.
 TRAIN_SPLIT = 'train'
 EVAL_SPLIT = 'eval'
 TEST_SPLIT = 'test'
-SPLITS = (TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT)
+HOLDOUT_SPLIT = 'holdout'
+SPLITS = (TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT, HOLDOUT_SPLIT)
+BASE_SPAN = 0
 
 # Serving signatures of the exported SavedModel.
 SERVING_DEFAULT = 'serving_default'          # raw pixels -> probabilities, classes

@@ -90,16 +90,6 @@ def compiled(data_dir: Path, tmp_path_factory) -> Compiled:
   return load_compiled(out, data_dir, argv)
 
 
-@pytest.fixture(scope='session')
-def compiled_with_baseline(data_dir: Path, tmp_path_factory) -> Compiled:
-  """The spec with the latest-blessed-model resolver kept (a Vertex-style backend)."""
-  from kubeflow.__main__ import main  # pylint: disable=import-outside-toplevel
-  out = tmp_path_factory.mktemp('spec') / 'mnist-baseline.yaml'
-  argv = compile_args(data_dir, out, '--baseline-model', 'true')
-  assert main(argv) == 0
-  return load_compiled(out, data_dir, argv)
-
-
 @pytest.fixture
 def fake_kfp(monkeypatch, tmp_path) -> Iterator[FakeKfp]:
   """A recording loopback KFP API; kfp's per-user context file is kept out of the way."""

@@ -57,24 +57,17 @@ def test_kfp_loads_the_spec_and_its_platform_document(compiled):
   json_format.ParseDict(compiled.platform, pipeline_spec_pb2.PlatformSpec())
 
 
-def test_every_local_component_runs_in_the_same_dependency_order(compiled_with_baseline):
-  """With the resolver kept, the spec is the local DAG task for task, edge for edge."""
+def test_every_local_component_runs_in_the_same_dependency_order(compiled):
+  """The spec is the local DAG task for task, edge for edge: no resolver node (open-source
+  KFP rejects them), the Evaluator's baseline is the served model it reads itself."""
   expected = local_edges(local_dag())
   assert set(expected) == set(ids.ALL)
-  assert spec_edges(compiled_with_baseline.tasks) == expected
-  order = {cid: i for i, cid in enumerate(ids.ALL)}
-  for component, upstream in spec_edges(compiled_with_baseline.tasks).items():
-    assert all(order[u] < order[component] for u in upstream), component
-
-
-def test_open_source_spec_drops_only_the_baseline_resolver(compiled):
-  """Open-source KFP rejects resolver tasks; the Evaluator loses its baseline input."""
-  expected = local_edges(local_dag())
-  del expected[ids.BASELINE_RESOLVER]
-  expected[ids.EVALUATOR].discard(ids.BASELINE_RESOLVER)
   assert spec_edges(compiled.tasks) == expected
+  order = {cid: i for i, cid in enumerate(ids.ALL)}
+  for component, upstream in spec_edges(compiled.tasks).items():
+    assert all(order[u] < order[component] for u in upstream), component
   evaluator = compiled.spec['components'][ids.EVALUATOR]
-  assert runner.BASELINE_MODEL_KEY not in evaluator['inputDefinitions']['artifacts']
+  assert 'baseline_model' not in evaluator['inputDefinitions'].get('artifacts', {})
   assert not [e for e in compiled.spec['deploymentSpec']['executors'].values()
               if 'resolver' in e]
 
@@ -114,9 +107,11 @@ def test_images_root_paths_and_entrypoint_are_the_configured_ones(compiled):
   assert destination['filesystem']['base_directory'] == f'{SERVING_URI}/mnist'
 
 
-def test_example_gen_is_never_cached_the_rest_follows_the_config(compiled):
+def test_data_and_served_model_readers_are_never_cached_the_rest_follows_the_config(compiled):
+  """New spans and a newly served model are not inputs KFP's cache can see."""
   for name, task in compiled.tasks.items():
-    assert task['cachingOptions']['enableCache'] is (name != ids.EXAMPLE_GEN), name
+    assert task['cachingOptions']['enableCache'] is (
+        name not in (ids.EXAMPLE_GEN, ids.EVALUATOR)), name
 
 
 @pytest.mark.parametrize('overrides, message', [

@@ -1,10 +1,10 @@
-"""The gate holds: a candidate worse than the last blessed model is not blessed, not
+"""The gate holds: a candidate worse than the model being served is not blessed, not
 pushed, and the serving directory and what the server answers stay exactly as they were.
 
 The candidate is the scenario's blessed model with its output bias pushed toward class 9
 (a model that answers "9" far too often). It goes through the pipeline's own model gate
-(`pipeline.model_gate`: resolver of the last blessed model, Evaluator, atomic Pusher)
-against the scenario's ML Metadata, pushing into the directory the test server polls.
+(`pipeline.model_gate`: the Evaluator with the served model as its baseline, the atomic
+Pusher), pushing into the directory the test server polls and reads its baseline from.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def predict(server, images) -> bytes:
 
 def test_worse_candidate_is_not_blessed_not_pushed_and_nothing_served_changes(
     scenario, server, tmp_path):
-  # Only the comparison with the last blessed model can fail: no absolute bound.
+  # Only the comparison with the served model can fail: no absolute bound.
   config = dataclasses.replace(scenario.config, accuracy_threshold=0.0)
   [blessed_version] = versions(config.model_serving_dir)
   candidate = tmp_path / 'candidate'
@@ -66,18 +66,18 @@ def test_worse_candidate_is_not_blessed_not_pushed_and_nothing_served_changes(
                              model.outputs['result'])
   tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
       pipeline_name=config.pipeline_name, pipeline_root=locations.pipeline_root,
-      components=[examples, model, *gate.nodes()], enable_cache=False,
+      components=[examples, model, *gate], enable_cache=False,
       metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
           str(config.metadata_path)),
       beam_pipeline_args=config.beam_pipeline_args()))
 
-  # The verdict, from ML Metadata: the baseline was the blessed model, the candidate lost.
+  # The verdict, from ML Metadata: the baseline was the served version, the candidate lost.
   run = executions_of(config, run_contexts(config)[-1])
-  inputs = artifacts_of(config, run['Evaluator'].id, metadata_store_pb2.Event.INPUT)
   blessed_run = summary.last_run(str(config.metadata_path),
                                  run_id=run_contexts(config)[1].name)
   result = summary.last_run(str(config.metadata_path))
-  assert len([a for a in inputs if a.type == 'Model']) == 2  # candidate and baseline
+  assert result.baseline_version == str(blessed_version)
+  assert result.baseline_accuracy == pytest.approx(blessed_run.test_accuracy, abs=1e-6)
   assert result.blessed is False and result.pushed_to is None
   assert result.test_accuracy < blessed_run.test_accuracy
   [pushed] = artifacts_of(config, run['Pusher'].id, metadata_store_pb2.Event.OUTPUT)
@@ -86,9 +86,9 @@ def test_worse_candidate_is_not_blessed_not_pushed_and_nothing_served_changes(
   # The summary says why: metric, value and bound.
   text = result.format()
   print(text)
-  reason = re.search(r'- sparse_categorical_accuracy \(overall slice\): change vs the last '
-                     r'blessed model (-[\d.]+), bound change >= -1e-10 vs the last blessed '
-                     r'model', text)
+  assert f'baseline: served version {blessed_version}, test accuracy' in text
+  reason = re.search(r'- sparse_categorical_accuracy \(span=0 slice\): change vs the served '
+                     r'model (-[\d.]+), bound change >= -1e-10 vs the served model', text)
   assert reason, text
   assert float(reason.group(1)) == pytest.approx(
       result.test_accuracy - blessed_run.test_accuracy, abs=1e-3)
