@@ -53,8 +53,7 @@ def main(argv=None) -> int:
     return seal(config, args.source)
   if args.command == 'run':
     try:
-      preflight.prepare_data(config)
-      preflight.check(config)  # in a second, before TensorFlow is imported
+      preflight.prepare(config)  # in a second, before TensorFlow is imported
     except (preflight.PreflightError, OSError, ValueError) as e:
       print(f'Pipeline FAILED: {e}', file=sys.stderr)
       return 2

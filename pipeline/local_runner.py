@@ -38,8 +38,7 @@ def run(config: configs.LocalConfig) -> None:
 def main() -> None:
   logs.show_progress()
   config = configs.parse()
-  preflight.prepare_data(config)
-  preflight.check(config)
+  preflight.prepare(config)
   run(config)
 
 

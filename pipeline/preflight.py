@@ -124,18 +124,16 @@ def check(config: LocalConfig) -> None:
     raise PreflightError('cannot start the run:\n' + '\n'.join(f'  - {p}' for p in problems))
 
 
-def prepare_data(config: LocalConfig,
-                 mirrors: Optional[Sequence[str]] = None) -> Optional[int]:
-  """Before a run: MNIST fetched into the download cache when that is the data folder and
-  it is empty (a fresh machine), then `incoming/` sealed into the next span, so images
-  that arrive during the run wait for the next one. Returns the span sealed, if any."""
-  if is_uri(config.data_dir):
-    return None
-  if Path(config.data_dir) == DOWNLOAD_CACHE_DIR:
+def prepare(config: LocalConfig, mirrors: Optional[Sequence[str]] = None) -> Optional[int]:
+  """Everything before a run, in order: MNIST fetched into the download cache when that is
+  the data folder and it lacks files (a fresh machine); the checks (`check`); then
+  `incoming/` sealed into the next span, so images that arrive during the run wait for the
+  next one. Returns the span sealed, if any."""
+  local_data = not is_uri(config.data_dir)
+  if local_data and Path(config.data_dir) == DOWNLOAD_CACHE_DIR:
     download.ensure_dataset(config.data_dir, mirrors=mirrors)
-  if not Path(config.data_dir).is_dir():
-    return None  # preflight says what is wrong
-  sealed = spans.seal_incoming(config.data_dir)
+  check(config)
+  sealed = spans.seal_incoming(config.data_dir) if local_data else None
   if sealed is not None:
     print(f'Sealed {config.data_dir}/incoming into span {sealed}', flush=True)
   return sealed
