@@ -1,7 +1,9 @@
 """Runs of the compiled pipeline on a Kubeflow Pipelines cluster, through `kfp.Client`.
 
 One run now (`submit`), a recurring run (`schedule`), and listing and removing recurring
-runs. The requests are the KFP v2beta1 REST API calls that the installed kfp client
+runs. Every run and recurring run carries the pipeline root in its runtime config: no
+backend reads the spec's `defaultPipelineRoot`; without it the driver would fall back to
+the namespace's `kfp-launcher` ConfigMap, then to KFP's MinIO bucket. The requests are the KFP v2beta1 REST API calls that the installed kfp client
 makes; this module adds what a command line needs around them: errors that say what
 went wrong and where (unreachable host, missing spec, the server's own message), a
 timeout on every request, and standard 5-field cron expressions.
@@ -172,6 +174,7 @@ def submit(kfp_config: KubeflowConfig, spec_path: str, experiment: str, run_name
   exp_id = experiment_id(client, kfp_config, experiment, create=True)
   return _call(kfp_config, client.run_pipeline, experiment_id=exp_id, job_name=run_name,
                pipeline_package_path=spec_path, enable_caching=enable_caching,
+               pipeline_root=kfp_config.pipeline_root,
                service_account=kfp_config.service_account or None)
 
 
@@ -189,6 +192,7 @@ def schedule(kfp_config: KubeflowConfig, spec_path: str, experiment: str, name: 
                job_name=name, description=description or None, cron_expression=cron,
                max_concurrency=max_concurrency, no_catchup=not catchup,
                pipeline_package_path=spec_path, enable_caching=enable_caching,
+               pipeline_root=kfp_config.pipeline_root,
                service_account=kfp_config.service_account or None)
 
 

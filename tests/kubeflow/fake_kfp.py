@@ -2,7 +2,9 @@
 
 It answers the KFP v2beta1 REST calls `kfp.Client` makes for submit/schedule/list/delete,
 with bodies built from kfp_server_api's own models (so the client parses them as it would
-the real server's), and can be told to fail a route with a status and message.
+the real server's), and can be told to fail a route with a status and message. It refuses
+a run or recurring run without `runtime_config.pipeline_root`: the real server accepts it,
+but then the driver ignores the spec's root and writes to the namespace default.
 """
 
 from __future__ import annotations
@@ -92,6 +94,11 @@ class FakeKfp:
       status, message = self.failures[(method, path)]
       return status, {'error': message, 'code': 3, 'message': message}
     route = path[len(API):] if path.startswith(API) else path
+    if method == 'POST' and route in ('/runs', '/recurringruns') and not (
+        (body.get('runtime_config') or {}).get('pipeline_root')):
+      return 400, {'error': 'no runtime_config.pipeline_root', 'code': 3,
+                   'message': 'no runtime_config.pipeline_root: the driver would use the '
+                              "namespace's kfp-launcher ConfigMap, not the spec's root"}
     if (method, route) == ('GET', '/healthz'):
       return 200, _json(kfp_server_api.V2beta1GetHealthzResponse(multi_user=False))
     if (method, route) == ('GET', '/experiments'):

@@ -15,6 +15,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from kubeflow import client
 from kubeflow.__main__ import main
+from tests.kubeflow.conftest import PIPELINE_ROOT
 
 
 def as_sent(spec):
@@ -43,8 +44,28 @@ def test_submit_sends_the_compiled_spec_as_one_run(capsys, fake_kfp, compiled):
   assert run.body['service_account'] == 'pipeline-runner'
   assert run.body['pipeline_spec'] == {'pipeline_spec': as_sent(compiled.spec),
                                        'platform_spec': compiled.platform}
-  assert 'pipeline_root' not in run.body.get('runtime_config', {})  # the spec's root
+  assert run.body['runtime_config']['pipeline_root'] == PIPELINE_ROOT  # never read from the spec
   assert run.headers['authorization'] == 'Bearer s3cret'
+
+
+def test_every_run_and_recurring_run_carries_the_configured_pipeline_root(
+    capsys, fake_kfp, compiled):
+  """No backend reads the spec's defaultPipelineRoot: only the runtime config counts."""
+  root = 'gs://artifacts-bucket/pipelines'
+  assert cli(capsys, fake_kfp, compiled, 'submit', '--pipeline-root', root)[0] == 0
+  assert cli(capsys, fake_kfp, compiled, 'schedule', '--cron', '0 3 * * *',
+             '--pipeline-root', root)[0] == 0
+  sent = fake_kfp.calls('POST', '/runs') + fake_kfp.calls('POST', '/recurringruns')
+  assert [r.body['runtime_config']['pipeline_root'] for r in sent] == [root, root]
+
+
+def test_the_fake_api_refuses_a_run_without_a_pipeline_root(fake_kfp, compiled):
+  import kfp  # pylint: disable=import-outside-toplevel
+  import kfp_server_api  # pylint: disable=import-outside-toplevel
+  with pytest.raises(kfp_server_api.ApiException) as error:
+    kfp.Client(host=fake_kfp.host).run_pipeline(
+        experiment_id='exp-1', job_name='no root', pipeline_package_path=str(compiled.path))
+  assert error.value.status == 400 and 'kfp-launcher' in error.value.body
 
 
 def test_submit_without_cache_turns_caching_off_for_every_task(capsys, fake_kfp, compiled):
@@ -71,6 +92,7 @@ def test_schedule_creates_a_nightly_recurring_run_one_at_a_time_without_catchup(
   assert body['no_catchup'] is True
   assert body['pipeline_spec']['pipeline_spec']['pipelineInfo'] == {'name': 'mnist'}
   assert body['pipeline_spec']['platform_spec'] == compiled.platform
+  assert body['runtime_config']['pipeline_root'] == PIPELINE_ROOT
   assert request.headers['cookie'] == 'authservice_session=abc'
 
 
