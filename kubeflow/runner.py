@@ -6,17 +6,20 @@ module then adapts it to the open-source Kubeflow Pipelines backend:
 
 * every container runs `kubeflow.entrypoint` (TFX's own entrypoint fails there,
   tensorflow/tfx#7768; see that module);
-* the Trainer requests GPUs, its pod gets the GPU pool's node selector and tolerations,
-  and PVCs are mounted, in a second YAML document (the Kubernetes platform spec that
-  `kfp.Client` uploads with the pipeline);
+* the Trainer requests GPUs (and must then run the CUDA image); its pod gets the GPU
+  pool's node selector and tolerations, and every pod the PVC mounts, Secrets and image
+  pull secrets, in a second YAML document (the Kubernetes platform spec that `kfp.Client`
+  uploads with the pipeline), holding only the fields the configured backend generation
+  parses (config.PLATFORM_FIELDS);
 * the latest-blessed-model resolver is left out unless `baseline_model` is set: the
   open-source backend rejects resolver tasks ("resolver executors not implemented"), so
   there the Evaluator gates on the absolute accuracy bound alone;
 * the ExampleGen task is never cached: the file fingerprinting that lets TFX cache it
   (a pre-cache-check hook) runs on Vertex only, so a cached ExampleGen would miss new
   data in scheduled runs;
-* the pipeline root is written into the spec (`defaultPipelineRoot`): TFX keeps it only
-  in the runtime config, which a YAML spec does not carry.
+* the pipeline root is written into the spec (`defaultPipelineRoot`) for readers of the
+  file; no backend reads it from there (the driver takes the run's runtime config, then
+  the namespace's `kfp-launcher` ConfigMap), so kubeflow/client.py sends it with each run.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from kubeflow.config import GFILE_SCHEMES, KubeflowConfig
+from kubeflow.config import GFILE_SCHEMES, PLATFORM_FIELDS, KubeflowConfig
 from pipeline.configs import NO_EXTRA_PACKAGES, PipelineConfig
 
 ENTRYPOINT_COMMAND = ('python', '-m', 'kubeflow.entrypoint')
@@ -95,6 +98,16 @@ def check_locations(kfp: KubeflowConfig) -> None:
                          f'NAME:/mount/path or use a gs:// URI')
 
 
+def check_trainer_image(kfp: KubeflowConfig) -> None:
+  """GPUs are only used by the CUDA image: on the CPU one TensorFlow finds no CUDA
+  libraries and trains on the CPU without an error, holding the GPU node idle."""
+  if kfp.gpu_count and kfp.trainer_image == kfp.image:
+    raise CompileError(
+        f'gpu_count is {kfp.gpu_count} but gpu_image is not set (the Trainer would run '
+        f'{kfp.image!r}, which has no CUDA libraries, and train on the CPU): build the GPU '
+        f'variant (make image GPU=1) and pass --gpu-image, or --gpu-count 0')
+
+
 def build(config: PipelineConfig, kfp: KubeflowConfig):
   """The local DAG with object-storage paths, adapted for the open-source backend."""
   from pipeline import pipeline  # pylint: disable=import-outside-toplevel
@@ -108,10 +121,13 @@ def build(config: PipelineConfig, kfp: KubeflowConfig):
 
 
 def resource_spec(kfp: KubeflowConfig, gpus: int = 0):
-  """A KFP container ResourceSpec: limits for every task, GPUs for the Trainer."""
+  """A KFP container ResourceSpec: requests and limits for every task, GPUs for the
+  Trainer. Requests always: a namespace with a ResourceQuota rejects pods without them."""
   from kfp.pipeline_spec import pipeline_spec_pb2  # pylint: disable=import-outside-toplevel
   spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec(
-      cpu_limit=kfp.cpu_limit, memory_limit=kfp.memory_limit)
+      cpu_limit=kfp.cpu_limit, memory_limit=kfp.memory_limit,
+      cpu_request=min(kfp.cpu_request, kfp.cpu_limit or kfp.cpu_request),
+      memory_request=min(kfp.memory_request, kfp.memory_limit or kfp.memory_request))
   if gpus:
     spec.accelerator.type = kfp.gpu_resource
     spec.accelerator.count = gpus
@@ -119,27 +135,45 @@ def resource_spec(kfp: KubeflowConfig, gpus: int = 0):
 
 
 def attach_resources(dag, kfp: KubeflowConfig) -> None:
-  """GPUs for the Trainer (`with_platform_config`), CPU/memory limits for all tasks."""
+  """GPUs for the Trainer (`with_platform_config`), CPU/memory for all tasks."""
   for component in dag.components:
     gpus = kfp.gpu_count if component.id == TRAINER_ID else 0
-    if gpus or kfp.cpu_limit or kfp.memory_limit:
-      if hasattr(component, 'with_platform_config'):
-        component.with_platform_config(resource_spec(kfp, gpus))
+    if hasattr(component, 'with_platform_config'):
+      component.with_platform_config(resource_spec(kfp, gpus))
+
+
+def kubernetes_settings(kfp: KubeflowConfig, trainer: bool) -> Dict[str, Any]:
+  """One executor's Kubernetes executor config (kfp-kubernetes' JSON form)."""
+  settings: Dict[str, Any] = {}
+  if kfp.pvc_volumes():
+    settings['pvcMount'] = [{'constant': name, 'mountPath': path}
+                            for name, path in kfp.pvc_volumes()]
+  if kfp.secret_env_vars():
+    settings['secretAsEnv'] = [
+        {'secretName': secret,
+         'keyToEnv': [{'secretKey': key, 'envVar': env} for key, env in pairs]}
+        for secret, pairs in kfp.secret_env_vars().items()]
+  if kfp.secret_mounts():
+    settings['secretAsVolume'] = [{'secretName': secret, 'mountPath': path}
+                                  for secret, path in kfp.secret_mounts()]
+  if kfp.pull_secrets():
+    settings['imagePullSecret'] = [{'secretName': name} for name in kfp.pull_secrets()]
+  if trainer and kfp.gpu_count:
+    if kfp.node_selector_labels():
+      settings['nodeSelector'] = {'labels': kfp.node_selector_labels()}
+    if kfp.trainer_tolerations():
+      settings['tolerations'] = kfp.trainer_tolerations()
+  unknown = sorted(set(settings) - set(PLATFORM_FIELDS[kfp.kfp_backend]))
+  if unknown:  # the config refuses these first; this keeps the two in step
+    raise CompileError(f'KFP backend {kfp.kfp_backend} cannot parse {", ".join(unknown)}')
+  return settings
 
 
 def kubernetes_platform_spec(kfp: KubeflowConfig, executors: List[str]) -> Dict[str, Any]:
   """The second YAML document: per-executor Kubernetes settings (kfp-kubernetes form)."""
-  result: Dict[str, Any] = {}
-  volumes = [{'constant': name, 'mountPath': path} for name, path in kfp.pvc_volumes()]
+  result = {}
   for executor in executors:
-    settings: Dict[str, Any] = {}
-    if volumes:
-      settings['pvcMount'] = [dict(v) for v in volumes]
-    if executor == executor_label(TRAINER_ID) and kfp.gpu_count:
-      if kfp.node_selector_labels():
-        settings['nodeSelector'] = {'labels': kfp.node_selector_labels()}
-      if kfp.toleration_list():
-        settings['tolerations'] = kfp.toleration_list()
+    settings = kubernetes_settings(kfp, executor == executor_label(TRAINER_ID))
     if settings:
       result[executor] = settings
   if not result:
@@ -153,6 +187,7 @@ def compile_spec(config: PipelineConfig, kfp: KubeflowConfig) -> Dict[str, Any]:
   from google.protobuf import json_format
   from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner as v2, pipeline_builder
   # pylint: enable=import-outside-toplevel
+  check_trainer_image(kfp)
   images: Any = kfp.image
   if kfp.trainer_image != kfp.image:
     images = {pipeline_builder.DEFAULT_IMAGE_PATH_KEY: kfp.image, TRAINER_ID: kfp.trainer_image}
@@ -167,7 +202,7 @@ def compile_spec(config: PipelineConfig, kfp: KubeflowConfig) -> Dict[str, Any]:
   tasks[EXAMPLE_GEN_ID].setdefault('cachingOptions', {})['enableCache'] = False
   # TFX's file-based ExampleGen container ignores with_platform_config; set it here.
   example_gen = spec['deploymentSpec']['executors'][executor_label(EXAMPLE_GEN_ID)]
-  if (kfp.cpu_limit or kfp.memory_limit) and 'resources' not in example_gen['container']:
+  if 'resources' not in example_gen['container']:
     example_gen['container']['resources'] = json_format.MessageToDict(resource_spec(kfp))
   return spec
 

@@ -11,7 +11,7 @@ from google.protobuf import json_format
 from kubeflow import config as kfp_configs
 from kubeflow import runner
 from pipeline import configs, pipeline
-from tests.kubeflow.conftest import GPU_IMAGE, IMAGE, PIPELINE_ROOT, SERVING_URI
+from tests.kubeflow.conftest import GPU_IMAGE, IMAGE, PIPELINE_ROOT, SERVING_URI, compile_args
 
 ENTRYPOINT = ['python', '-m', 'kubeflow.entrypoint']
 
@@ -172,3 +172,29 @@ def test_direct_runner_tasks_skip_tfx_packaging_itself(beam_args, expected):
   assert (configs.NO_EXTRA_PACKAGES in args) == expected
   if 'DataflowRunner' in beam_args:
     assert args == beam_args.split()  # other runners get exactly what was asked for
+
+
+def test_every_task_requests_cpu_and_memory(compiled):
+  """A namespace with a ResourceQuota admits no pod without requests."""
+  for task in compiled.tasks:
+    resources = compiled.container(task)['resources']
+    assert (resources['cpuRequest'], resources['memoryRequest']) == (0.5, 2.0), task
+
+
+def test_requests_never_exceed_the_limits():
+  spec = runner.resource_spec(kfp_configs.KubeflowConfig(cpu_limit=0.25, memory_limit=1.0))
+  assert (spec.cpu_request, spec.memory_request) == (0.25, 1.0)
+  assert (spec.cpu_limit, spec.memory_limit) == (0.25, 1.0)
+
+
+def test_gpus_without_the_cuda_image_are_refused(capsys, data_dir, tmp_path):
+  """The CPU image has no CUDA libraries: its Trainer would hold a GPU and train on CPU."""
+  from kubeflow.__main__ import main  # pylint: disable=import-outside-toplevel
+  argv = compile_args(data_dir, tmp_path / 'spec.yaml', '--gpu-count', '1')
+  at = argv.index('--gpu-image')
+  del argv[at:at + 2]
+  assert main(argv) == 1
+  err = capsys.readouterr().err
+  assert 'gpu_count is 1 but gpu_image is not set' in err and '--gpu-count 0' in err
+  assert not (tmp_path / 'spec.yaml').exists()
+  assert main([*argv, '--gpu-count', '0', '--output', str(tmp_path / 'cpu.yaml')]) == 0
