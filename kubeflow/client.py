@@ -132,7 +132,9 @@ def _describe(error: Exception, host: str) -> KubeflowError:
     except (ValueError, AttributeError):
       pass
     if error.status in (401, 403):
-      hint = ' (check --token/--cookies/--client-id, or --namespace on multi-user Kubeflow)'
+      hint = (' (check --token, --cookies (oauth2_proxy_kubeflow=... on Kubeflow 1.9+, '
+              'authservice_session=... on 1.8), --client-id, or --namespace on multi-user '
+              'Kubeflow)')
     else:
       hint = ''
     return KubeflowError(f'Kubeflow Pipelines at {where} answered HTTP {error.status} '

@@ -57,7 +57,7 @@ class KubeflowConfig:
   pvc_mounts: str = ''                     # NAME:/mount/path,... mounted into every task
   spec_path: str = ''                      # '' = outputs/kubeflow/<pipeline_name>.yaml
   baseline_model: bool = False             # gate on the last blessed model (needs Vertex)
-  beam_args: str = '--direct_running_mode=multi_processing'  # e.g. --runner=DataflowRunner ...
+  beam_args: str = ''                      # e.g. --runner=DataflowRunner ...; see runner.beam_args
   # The Trainer's GPU nodes; every other task stays on CPU.
   gpu_count: int = 1                       # 0 keeps the Trainer on CPU
   gpu_resource: str = 'nvidia.com/gpu'     # the extended resource the device plugin offers

@@ -60,18 +60,24 @@ def model_serving_uri(config: PipelineConfig, kfp: KubeflowConfig) -> str:
 
 
 def beam_args(config: PipelineConfig, kfp: KubeflowConfig) -> List[str]:
-  """The Beam flags every task gets. DirectRunner workers: `beam_workers` if set, else
-  the task's CPU limit, else 0, which Beam reads as one per core of the node the task
-  runs on (PipelineConfig.beam_pipeline_args would count the compiling machine's). Other
-  runners (e.g. Dataflow) get the flags as given; TFX packages itself for their workers
-  unless one of BEAM_DEPENDENCY_OPTIONS is set."""
+  """The Beam flags every task gets. DirectRunner workers, unless the flags name them:
+  `beam_workers` (1 by default, as locally); with `--beam-workers 0`, the task's CPU limit,
+  else 0, which Beam reads as one per core of the node the task runs on
+  (PipelineConfig.beam_pipeline_args would count the compiling machine's). One worker runs
+  in-process, more in worker processes, unless the flags set the mode. Other runners (e.g.
+  Dataflow) get the flags as given; TFX packages itself for their workers unless one of
+  BEAM_DEPENDENCY_OPTIONS is set."""
   from apache_beam.options import pipeline_options  # pylint: disable=import-outside-toplevel
   args = shlex.split(kfp.beam_args)
   options = pipeline_options.PipelineOptions(args).get_all_options()
   if options['runner'] in (None, 'DirectRunner'):
+    workers = options['direct_num_workers']
     if not any(arg.startswith('--direct_num_workers') for arg in args):
       workers = config.beam_workers or (max(1, int(kfp.cpu_limit)) if kfp.cpu_limit else 0)
       args.append(f'--direct_num_workers={workers}')
+    if not any(arg.startswith('--direct_running_mode') for arg in args):
+      args.append('--direct_running_mode=' + ('in_memory' if workers == 1
+                                              else 'multi_processing'))
     if not any(options[flag] for flag in BEAM_DEPENDENCY_OPTIONS):
       args.append(NO_EXTRA_PACKAGES)  # the task's image has everything installed
   return args

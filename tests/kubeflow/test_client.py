@@ -134,6 +134,8 @@ def test_unschedule_of_an_unknown_schedule_says_so(capsys, fake_kfp, compiled):
     (400, 'Failed to create a run: resolver executors not implemented',
      'answered HTTP 400 Bad Request: Failed to create a run: resolver executors'),
     (403, 'RBAC: access denied', 'HTTP 403 Forbidden: RBAC: access denied (check --token'),
+    (401, 'Unauthorized', '--cookies (oauth2_proxy_kubeflow=... on Kubeflow 1.9+, '
+                          'authservice_session=... on 1.8)'),
 ])
 def test_server_errors_surface_as_one_clear_line(capsys, fake_kfp, compiled, status,
                                                  message, expected):

@@ -161,6 +161,24 @@ def test_beam_workers_count_the_pod_not_the_compiling_machine(beam_workers, cpu_
   assert [a for a in args if a.startswith('--direct_num_workers')] == [expected]
 
 
+@pytest.mark.parametrize('beam_workers, cpu_limit, expected', [
+    (1, 0.0, ['--direct_num_workers=1', '--direct_running_mode=in_memory']),
+    (0, 3.0, ['--direct_num_workers=3', '--direct_running_mode=multi_processing']),
+    (0, 0.0, ['--direct_num_workers=0', '--direct_running_mode=multi_processing']),
+])
+def test_default_beam_flags_are_the_ones_the_docs_describe(beam_workers, cpu_limit, expected):
+  """docs/kubeflow.md: --beam-workers (default 1, in-process), with 0 the CPU limit, else
+  a worker per node core."""
+  pipeline_config = configs.load(environ={}, beam_workers=beam_workers)
+  assert pipeline_config.beam_workers == beam_workers
+  args = runner.beam_args(pipeline_config, kfp_configs.KubeflowConfig(cpu_limit=cpu_limit))
+  assert args == [*expected, configs.NO_EXTRA_PACKAGES]
+  docs = (configs.REPO_ROOT / 'docs' / 'kubeflow.md').read_text()
+  assert ('`--direct_num_workers` is `--beam-workers` (default 1: one worker, in-process); '
+          'with `--beam-workers 0`, the `--cpu-limit`, else 0') in ' '.join(docs.split())
+  assert configs.PipelineConfig.beam_workers == 1
+
+
 @pytest.mark.parametrize('beam_args, expected', [
     ('--direct_running_mode=multi_processing', True),
     ('--runner=DirectRunner --setup_file=/app/setup.py', False),
