@@ -104,9 +104,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       from kubeflow import runner  # pylint: disable=import-outside-toplevel
       path = runner.compile_pipeline(config, kfp, args.output or spec)
       gpus = (f'{kfp.gpu_count} x {kfp.gpu_resource}' if kfp.gpu_count else 'no GPU')
-      print(f'Compiled {path}\n  image {kfp.image}; Trainer {kfp.trainer_image} with '
-            f'{gpus}\n  pipeline root {kfp.pipeline_root}\n  data {kfp.data_uri}\n  '
-            f'serving {runner.model_serving_uri(config, kfp)}/<version>/')
+      print(f'Compiled {path} for KFP backend {kfp.kfp_backend}\n  image {kfp.image}; '
+            f'Trainer {kfp.trainer_image} with {gpus}\n  pipeline root {kfp.pipeline_root}'
+            f'\n  data {kfp.data_uri}\n  serving '
+            f'{runner.model_serving_uri(config, kfp)}/<version>/')
     elif args.command == 'submit':
       now = datetime.datetime.now(datetime.timezone.utc)
       name = args.run_name or f'{config.pipeline_name} {now:%Y-%m-%d %H:%M:%S} UTC'
