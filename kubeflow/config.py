@@ -114,9 +114,16 @@ class KubeflowConfig:
     self.node_selector_labels()
     self.toleration_list()
     self.secret_env_vars()
-    self.secret_mounts()
     self.pull_secrets()
     self.trainer_tolerations()
+    # The driver names each pod volume after its claim or Secret (extendPodSpecPatch): a
+    # name used twice makes a pod Kubernetes rejects.
+    names = [name for name, _ in self.pvc_volumes() + self.secret_mounts()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+      raise ValueError(f'pvc_mounts and secret_volumes: each claim or Secret may be mounted '
+                       f'once (the pod volume takes its name), found {", ".join(repeated)} '
+                       f'more than once')
 
   def supports(self, field: str) -> bool:
     """Whether the backend's Kubernetes executor config has this field (PLATFORM_FIELDS)."""

@@ -90,6 +90,8 @@ def test_backend_2_0_refuses_what_it_cannot_carry(capsys, tmp_path, extra, messa
     ({'kfp_backend': '1.8'}, 'kfp_backend: expected one of 2.0, 2.2'),
     ({'secret_env': 'minio:accesskey'}, 'secret_env: expected SECRET:KEY=ENV_VAR'),
     ({'secret_volumes': 'gcs-key:relative'}, 'secret_volumes: expected SECRET:/absolute/path'),
+    ({'secret_volumes': 'models:/var/secrets', 'pvc_mounts': 'models:/models'},
+     'each claim or Secret may be mounted once'),
 ])
 def test_malformed_platform_settings_name_their_field(overrides, message):
   with pytest.raises(ValueError, match=message):
