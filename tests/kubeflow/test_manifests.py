@@ -10,6 +10,7 @@ that serves what the Pusher writes.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from typing import Any, Dict, List
 
@@ -52,6 +53,16 @@ def container(objects) -> Dict[str, Any]:
   return serving
 
 
+@pytest.fixture
+def offline(monkeypatch) -> None:
+  """Any connection attempt fails: the schemas must come from the installed package."""
+  def refuse(*_args, **_kwargs):
+    raise AssertionError('the validator tried to reach the network')
+  monkeypatch.setattr(socket.socket, 'connect', refuse)
+  monkeypatch.setattr(socket, 'getaddrinfo', refuse)
+
+
+@pytest.mark.usefixtures('offline')
 @pytest.mark.parametrize('version', KUBERNETES_VERSIONS)
 def test_every_object_is_valid_kubernetes(objects, version):
   assert set(objects) == {'ConfigMap', 'Deployment', 'PersistentVolumeClaim', 'Service'}
@@ -59,6 +70,7 @@ def test_every_object_is_valid_kubernetes(objects, version):
     kubernetes_validate.validate(doc, version, strict=True)
 
 
+@pytest.mark.usefixtures('offline')
 def test_the_validator_rejects_what_kubernetes_would(objects):
   """It works offline and is strict: a misspelt field and a wrong type both fail."""
   deployment = yaml.safe_load(yaml.safe_dump(objects['Deployment']))
