@@ -11,7 +11,7 @@ run: setup        ## run the whole pipeline on the default data
 test: setup       ## the test suite CI runs
 	@$(PY) -m pytest $(ARGS)
 
-lock:             ## regenerate requirements.lock from pyproject.toml
+lock:             ## regenerate requirements.lock (pyproject.toml) and kubeflow/requirements-gpu.lock
 	@bash scripts/setup.sh --lock
 
 download:         ## fetch canonical MNIST into the cache (needs internet)

@@ -2,9 +2,12 @@
 
   compile          build the DAG with pipeline.create_pipeline and write the KFP v2 spec
   submit           one run of the compiled spec now
-  schedule         a recurring run: --cron "0 3 * * *" (max concurrency 1, no catch-up)
+  schedule         a recurring run: --cron "0 3 * * *" (max concurrency 1, no catch-up);
+                   scheduling again under the same name replaces it
   list-schedules   the recurring runs of the pipeline's experiment
   unschedule       delete a recurring run by name or id
+  runs             the experiment's recent runs: state and duration
+  wait RUN_ID      follow a run until it ends; exit status 0 only if it succeeded
 
 Every command takes the pipeline's own flags (--epochs, --eval-size, ...; see
 pipeline/configs.py) and the Kubeflow ones (--image, --pipeline-root, --data-uri,
@@ -46,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
                         help='standard 5-field cron, e.g. "0 3 * * *" (03:00 daily, in the '
                              "scheduler's time zone, UTC by default), or 6 with seconds")
   schedule.add_argument('--name', help='the recurring run\'s name (default: <pipeline> '
-                                       'schedule <cron>)')
+                                       'schedule <cron>); one of that name is replaced')
   schedule.add_argument('--description', default='')
   schedule.add_argument('--max-concurrency', type=int, default=1,
                         help='runs of this schedule allowed at once (default 1)')
@@ -60,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
   command('list-schedules', "list the recurring runs of the pipeline's experiment")
   unschedule = command('unschedule', 'delete a recurring run')
   unschedule.add_argument('name_or_id', help='its name or recurring run id')
+  runs = command('runs', "the experiment's recent runs, newest first")
+  runs.add_argument('--limit', type=int, default=10, help='how many (default 10)')
+  wait = command('wait', 'follow a run until it ends; exit 0 only if it succeeded')
+  wait.add_argument('run_id', help='the run id `submit` printed')
+  wait.add_argument('--wait-timeout', type=float, default=6 * 3600,
+                    help='seconds to wait before giving up, exit 1 (default 6 h)')
+  wait.add_argument('--poll', type=float, default=15.0,
+                    help='seconds between status checks (default 15)')
   return parser
 
 
@@ -83,9 +94,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       from kubeflow import runner  # pylint: disable=import-outside-toplevel
       path = runner.compile_pipeline(config, kfp, args.output or spec)
       gpus = (f'{kfp.gpu_count} x {kfp.gpu_resource}' if kfp.gpu_count else 'no GPU')
-      print(f'Compiled {path}\n  image {kfp.image}; Trainer {kfp.trainer_image} with '
-            f'{gpus}\n  pipeline root {kfp.pipeline_root}\n  data {kfp.data_uri}\n  '
-            f'serving {runner.model_serving_uri(config, kfp)}/<version>/')
+      print(f'Compiled {path} for KFP backend {kfp.kfp_backend}\n  image {kfp.image}; '
+            f'Trainer {kfp.trainer_image} with {gpus}\n  pipeline root {kfp.pipeline_root}'
+            f'\n  data {kfp.data_uri}\n  serving '
+            f'{runner.model_serving_uri(config, kfp)}/<version>/')
     elif args.command == 'submit':
       now = datetime.datetime.now(datetime.timezone.utc)
       name = args.run_name or f'{config.pipeline_name} {now:%Y-%m-%d %H:%M:%S} UTC'
@@ -93,13 +105,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(f'Submitted run {run.run_id} ({name!r}) in experiment {experiment!r}')
     elif args.command == 'schedule':
       name = args.name or f'{config.pipeline_name} schedule {args.cron}'
-      recurring = client.schedule(kfp, spec, experiment, name, args.cron,
-                                  max_concurrency=args.max_concurrency,
-                                  catchup=args.catchup, enable_caching=caching,
-                                  description=args.description)
+      recurring, replaced = client.schedule(
+          kfp, spec, experiment, name, args.cron, max_concurrency=args.max_concurrency,
+          catchup=args.catchup, enable_caching=caching, description=args.description)
       print(f'Scheduled {recurring.recurring_run_id} ({name!r}): cron '
             f'"{client.kfp_cron(args.cron)}", max concurrency {args.max_concurrency}, '
-            f'catch-up {"on" if args.catchup else "off"}, experiment {experiment!r}')
+            f'catch-up {"on" if args.catchup else "off"}, experiment {experiment!r}'
+            + (f'; replaced {", ".join(replaced)}' if replaced else ''))
     elif args.command == 'list-schedules':
       schedules = client.list_schedules(kfp, experiment)
       print('\n'.join(s.format() for s in schedules) if schedules
@@ -107,6 +119,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif args.command == 'unschedule':
       removed = client.unschedule(kfp, experiment, args.name_or_id)
       print(f'Deleted recurring run {", ".join(removed)}')
+    elif args.command == 'runs':
+      recent = client.list_runs(kfp, experiment, args.limit)
+      print('\n'.join(r.format() for r in recent) if recent
+            else f'No runs in experiment {experiment!r}')
+    elif args.command == 'wait':
+      run = client.wait(kfp, args.run_id, args.wait_timeout, args.poll,
+                        report=lambda r: print(r.format(), flush=True))
+      return 0 if run.state == 'SUCCEEDED' else 1
   except (client.KubeflowError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -1,7 +1,9 @@
 """Runs of the compiled pipeline on a Kubeflow Pipelines cluster, through `kfp.Client`.
 
 One run now (`submit`), a recurring run (`schedule`), and listing and removing recurring
-runs. The requests are the KFP v2beta1 REST API calls that the installed kfp client
+runs. Every run and recurring run carries the pipeline root in its runtime config: no
+backend reads the spec's `defaultPipelineRoot`; without it the driver would fall back to
+the namespace's `kfp-launcher` ConfigMap, then to KFP's MinIO bucket. The requests are the KFP v2beta1 REST API calls that the installed kfp client
 makes; this module adds what a command line needs around them: errors that say what
 went wrong and where (unreachable host, missing spec, the server's own message), a
 timeout on every request, and standard 5-field cron expressions.
@@ -10,15 +12,19 @@ timeout on every request, and standard 5-field cron expressions.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
+import time
 import warnings
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 from kubeflow.config import KubeflowConfig
 
 MAX_CONCURRENCY = 1
 COMPILE_HINT = 'run `python -m kubeflow compile` first'
+# KFP v2beta1 RuntimeState values after which a run changes no more.
+FINAL_STATES = ('SUCCEEDED', 'FAILED', 'SKIPPED', 'CANCELED')
 
 
 class KubeflowError(RuntimeError):
@@ -41,6 +47,57 @@ class Schedule:
     return (f'{self.recurring_run_id}  {self.name!r}  {self.status}  cron "{self.cron}"  '
             f'max concurrency {self.max_concurrency}  catch-up {catchup}  '
             f'created {self.created_at}')
+
+
+@dataclasses.dataclass
+class RunSummary:
+  """A run, as `runs` and `wait` print it."""
+  run_id: str
+  name: str
+  state: str
+  created_at: Optional[datetime.datetime]
+  finished_at: Optional[datetime.datetime]
+  error: str = ''
+
+  @property
+  def final(self) -> bool:
+    return self.state in FINAL_STATES
+
+  def duration(self, now: Optional[datetime.datetime] = None) -> Optional[datetime.timedelta]:
+    """Created to finished, or to now while it runs."""
+    if self.created_at is None:
+      return None
+    end = self.finished_at or (None if self.final else
+                               now or datetime.datetime.now(datetime.timezone.utc))
+    return end - self.created_at if end else None
+
+  def format(self, now: Optional[datetime.datetime] = None) -> str:
+    duration = self.duration(now)
+    took = _format_duration(duration) if duration is not None else '-'
+    created = f'{self.created_at:%Y-%m-%d %H:%M:%S} UTC' if self.created_at else '-'
+    error = f'  error: {self.error}' if self.error else ''
+    return f'{self.run_id}  {self.name!r}  {self.state}  created {created}  took {took}{error}'
+
+
+def _format_duration(duration: datetime.timedelta) -> str:
+  seconds = max(0, int(duration.total_seconds()))
+  hours, rest = divmod(seconds, 3600)
+  return (f'{hours}h{rest // 60:02d}m{rest % 60:02d}s' if hours
+          else f'{rest // 60}m{rest % 60:02d}s')
+
+
+def _timestamp(value: Any) -> Optional[datetime.datetime]:
+  """The API's time, or None for unset ones (the server sends the Unix epoch)."""
+  if not isinstance(value, datetime.datetime) or value.year <= 1970:
+    return None
+  return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+
+
+def _summary(run: Any) -> RunSummary:
+  error = getattr(run.error, 'message', '') if run.error else ''
+  return RunSummary(run_id=run.run_id, name=run.display_name or '',
+                    state=str(run.state or 'PENDING'), created_at=_timestamp(run.created_at),
+                    finished_at=_timestamp(run.finished_at), error=error or '')
 
 
 def kfp_cron(expression: str) -> str:
@@ -75,7 +132,9 @@ def _describe(error: Exception, host: str) -> KubeflowError:
     except (ValueError, AttributeError):
       pass
     if error.status in (401, 403):
-      hint = ' (check --token/--cookies/--client-id, or --namespace on multi-user Kubeflow)'
+      hint = (' (check --token, --cookies (oauth2_proxy_kubeflow=... on Kubeflow 1.9+, '
+              'authservice_session=... on 1.8), --client-id, or --namespace on multi-user '
+              'Kubeflow)')
     else:
       hint = ''
     return KubeflowError(f'Kubeflow Pipelines at {where} answered HTTP {error.status} '
@@ -172,24 +231,68 @@ def submit(kfp_config: KubeflowConfig, spec_path: str, experiment: str, run_name
   exp_id = experiment_id(client, kfp_config, experiment, create=True)
   return _call(kfp_config, client.run_pipeline, experiment_id=exp_id, job_name=run_name,
                pipeline_package_path=spec_path, enable_caching=enable_caching,
+               pipeline_root=kfp_config.pipeline_root,
                service_account=kfp_config.service_account or None)
 
 
 def schedule(kfp_config: KubeflowConfig, spec_path: str, experiment: str, name: str,
              cron: str, max_concurrency: int = MAX_CONCURRENCY, catchup: bool = False,
-             enable_caching: Optional[bool] = None, description: str = '') -> Any:
-  """A recurring run of the compiled spec; returns the V2beta1RecurringRun."""
+             enable_caching: Optional[bool] = None,
+             description: str = '') -> Tuple[Any, List[str]]:
+  """A recurring run of the compiled spec, replacing the experiment's recurring runs of the
+  same name (so scheduling again updates it, never doubles it). Returns the new
+  V2beta1RecurringRun and the ids it replaced; the old ones go only once the new one
+  exists."""
   cron = kfp_cron(cron)
   if max_concurrency < 1:
     raise KubeflowError(f'max concurrency must be >= 1, found {max_concurrency}')
   check_spec(spec_path)
+  replaced = [s.recurring_run_id for s in list_schedules(kfp_config, experiment)
+              if s.name == name]
   client = connect(kfp_config)
   exp_id = experiment_id(client, kfp_config, experiment, create=True)
-  return _call(kfp_config, client.create_recurring_run, experiment_id=exp_id,
-               job_name=name, description=description or None, cron_expression=cron,
-               max_concurrency=max_concurrency, no_catchup=not catchup,
-               pipeline_package_path=spec_path, enable_caching=enable_caching,
-               service_account=kfp_config.service_account or None)
+  created = _call(kfp_config, client.create_recurring_run, experiment_id=exp_id,
+                  job_name=name, description=description or None, cron_expression=cron,
+                  max_concurrency=max_concurrency, no_catchup=not catchup,
+                  pipeline_package_path=spec_path, enable_caching=enable_caching,
+                  pipeline_root=kfp_config.pipeline_root,
+                  service_account=kfp_config.service_account or None)
+  for old in replaced:
+    _call(kfp_config, client.delete_recurring_run, old)
+  return created, replaced
+
+
+def list_runs(kfp_config: KubeflowConfig, experiment: str, limit: int = 10) -> List[RunSummary]:
+  """The experiment's most recent runs, newest first."""
+  if limit < 1:
+    raise KubeflowError(f'limit must be >= 1, found {limit}')
+  client = connect(kfp_config)
+  exp_id = experiment_id(client, kfp_config, experiment, create=False)
+  if exp_id is None:
+    return []
+  page = _call(kfp_config, client.list_runs, page_size=limit, sort_by='created_at desc',
+               experiment_id=exp_id)
+  return [_summary(run) for run in page.runs or []]
+
+
+def wait(kfp_config: KubeflowConfig, run_id: str, timeout: float, poll_seconds: float = 15.0,
+         report: Callable[[RunSummary], None] = lambda _: None) -> RunSummary:
+  """Polls the run until it ends (SUCCEEDED, FAILED, ...); `report` sees each state change.
+  Raises KubeflowError if it is still going after `timeout` seconds."""
+  client = connect(kfp_config)
+  deadline = time.monotonic() + timeout
+  state = ''
+  while True:
+    run = _summary(_call(kfp_config, client.get_run, run_id))
+    if run.state != state:
+      state = run.state
+      report(run)
+    if run.final:
+      return run
+    if time.monotonic() + poll_seconds > deadline:
+      raise KubeflowError(f'run {run_id} is still {run.state} after {timeout:g} s '
+                          f'(see `python -m kubeflow runs`)')
+    time.sleep(poll_seconds)
 
 
 def list_schedules(kfp_config: KubeflowConfig, experiment: str) -> List[Schedule]:

@@ -5,7 +5,7 @@ locations, GPU nodes) and which Kubeflow Pipelines API it talks to. Values come 
 rising precedence: the defaults below, `MNIST_KFP_*` environment variables
 (`MNIST_KFP_IMAGE`, `MNIST_KFP_PIPELINE_ROOT`, ...; the host also from `KFP_HOST`), and
 command-line flags (`--image`, `--pipeline-root`, ...) -- the same pattern as
-pipeline/configs.py, whose `PipelineConfig` still holds everything about the DAG itself
+pipeline/configs.py, whose `PipelineParams` holds everything about the DAG itself
 (pipeline name, split sizes, epochs, ...).
 
 Paths here are strings, not `Path`s: most of them name object storage (`gs://`,
@@ -32,6 +32,18 @@ GFILE_SCHEMES = ('gs://',)
 # Schemes the Kubeflow Pipelines launcher moves artifacts to and from (pipeline root).
 PIPELINE_ROOT_SCHEMES = ('gs://', 's3://', 'minio://')
 
+# The Kubernetes executor config fields (kfp-kubernetes' KubernetesExecutorConfig, JSON
+# names) this project emits that each KFP backend generation knows. Backends 2.0-2.4 parse
+# that config strictly (jsonpb without AllowUnknownFields, backend/src/v2/cmd/driver), so
+# one field their proto lacks fails the task at launch: 2.0.x (Kubeflow 1.8) has only the
+# first four; tolerations and imagePullSecret came with 2.1. '2.2' stands for 2.2 and later
+# (Kubeflow 1.9, 1.10). See docs/kubeflow.md.
+PLATFORM_FIELDS = {
+    '2.0': ('pvcMount', 'nodeSelector', 'secretAsEnv', 'secretAsVolume'),
+    '2.2': ('pvcMount', 'nodeSelector', 'secretAsEnv', 'secretAsVolume', 'tolerations',
+            'imagePullSecret'),
+}
+
 
 @dataclasses.dataclass
 class KubeflowConfig:
@@ -44,7 +56,7 @@ class KubeflowConfig:
   serving_uri: str = ''                    # TF Serving root: gs://... or a path on a PVC
   pvc_mounts: str = ''                     # NAME:/mount/path,... mounted into every task
   spec_path: str = ''                      # '' = outputs/kubeflow/<pipeline_name>.yaml
-  beam_args: str = '--direct_running_mode=multi_processing'  # e.g. --runner=DataflowRunner ...
+  beam_args: str = ''                      # e.g. --runner=DataflowRunner ...; see runner.beam_args
   # The Trainer's GPU nodes; every other task stays on CPU.
   gpu_count: int = 1                       # 0 keeps the Trainer on CPU
   gpu_resource: str = 'nvidia.com/gpu'     # the extended resource the device plugin offers
@@ -54,13 +66,23 @@ class KubeflowConfig:
   tolerations: str = 'nvidia.com/gpu:NoSchedule'  # KEY[=VALUE]:EFFECT,... for the Trainer
   cpu_limit: float = 0.0                   # cores per task; 0 = no limit
   memory_limit: float = 0.0                # GB per task (KFP's unit); 0 = no limit
+  # Requested on every task: a namespace with a ResourceQuota admits no pod without them.
+  cpu_request: float = 0.5                 # cores per task (at most cpu_limit)
+  memory_request: float = 2.0              # GB per task (at most memory_limit)
+  # The backend generation, which decides the Kubernetes settings the spec may carry.
+  kfp_backend: str = '2.2'                 # 2.0 (Kubeflow 1.8) or 2.2 (2.2+: Kubeflow 1.9+)
+  # Credentials, in every task: storage keys from Secrets, and registry pull secrets.
+  secret_env: str = ''                     # SECRET:KEY=ENV_VAR,... Secret keys as env vars
+  secret_volumes: str = ''                 # SECRET:/mount/path,... Secrets as files
+  image_pull_secrets: str = ''             # SECRET,... for a private registry (backend 2.2+)
   # The Kubeflow Pipelines API and its usual auth options.
   host: str = ''                           # e.g. http://localhost:8080 (port-forward)
   namespace: str = ''                      # multi-user Kubeflow: the profile namespace
   experiment: str = ''                     # '' = the pipeline name
   service_account: str = ''                # Kubernetes service account of the runs
   token: str = ''                          # bearer token (e.g. `gcloud auth print-access-token`)
-  cookies: str = ''                        # e.g. authservice_session=... (Dex login)
+  cookies: str = ''                        # oauth2_proxy_kubeflow=... (Kubeflow 1.9+) or
+                                           # authservice_session=... (1.8)
   client_id: str = ''                      # IAP OAuth client id
   other_client_id: str = ''
   other_client_secret: str = ''
@@ -75,15 +97,36 @@ class KubeflowConfig:
     if self.cpu_limit < 0 or self.memory_limit < 0:
       raise ValueError(f'cpu_limit and memory_limit must be >= 0, found '
                        f'{self.cpu_limit}, {self.memory_limit}')
+    if self.cpu_request <= 0 or self.memory_request <= 0:
+      raise ValueError(f'cpu_request and memory_request must be > 0, found '
+                       f'{self.cpu_request}, {self.memory_request}')
     if self.timeout <= 0:
       raise ValueError(f'timeout must be > 0, found {self.timeout}')
     if not self.pipeline_root.startswith(PIPELINE_ROOT_SCHEMES):
       raise ValueError(f'pipeline_root: expected object storage starting with one of '
                        f'{", ".join(PIPELINE_ROOT_SCHEMES)}, found {self.pipeline_root!r}')
+    if self.kfp_backend not in PLATFORM_FIELDS:
+      raise ValueError(f'kfp_backend: expected one of {", ".join(PLATFORM_FIELDS)}, found '
+                       f'{self.kfp_backend!r}')
     # Parse now so that a malformed value fails at load time, not at compile time.
     self.pvc_volumes()
     self.node_selector_labels()
     self.toleration_list()
+    self.secret_env_vars()
+    self.pull_secrets()
+    self.trainer_tolerations()
+    # The driver names each pod volume after its claim or Secret (extendPodSpecPatch): a
+    # name used twice makes a pod Kubernetes rejects.
+    names = [name for name, _ in self.pvc_volumes() + self.secret_mounts()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+      raise ValueError(f'pvc_mounts and secret_volumes: each claim or Secret may be mounted '
+                       f'once (the pod volume takes its name), found {", ".join(repeated)} '
+                       f'more than once')
+
+  def supports(self, field: str) -> bool:
+    """Whether the backend's Kubernetes executor config has this field (PLATFORM_FIELDS)."""
+    return field in PLATFORM_FIELDS[self.kfp_backend]
 
   @property
   def trainer_image(self) -> str:
@@ -134,6 +177,59 @@ class KubeflowConfig:
         toleration['effect'] = effect
       result.append(toleration)
     return result
+
+
+  def trainer_tolerations(self) -> List[Dict[str, str]]:
+    """The Trainer's tolerations the backend can carry. 2.0.x has no tolerations field;
+    there the one toleration Kubernetes' ExtendedResourceToleration admission plugin adds
+    by itself to pods requesting the GPU resource (KEY = that resource, Exists, NoSchedule;
+    GKE enables the plugin) is left to it, and any other is refused."""
+    tolerations = self.toleration_list() if self.gpu_count else []
+    if self.supports('tolerations'):
+      return tolerations
+    automatic = {'key': self.gpu_resource, 'operator': 'Exists', 'effect': 'NoSchedule'}
+    extra = [t for t in tolerations if t != automatic]
+    if extra:
+      raise ValueError(
+          f'tolerations: KFP backend {self.kfp_backend} cannot set tolerations (its '
+          f'Kubernetes executor config has no such field and its driver rejects unknown '
+          f'ones); found {extra}. Use --kfp-backend 2.2 on KFP 2.2 or later, or drop them '
+          f'(only {self.gpu_resource}:NoSchedule is added by the cluster itself)')
+    return []
+
+  def secret_env_vars(self) -> Dict[str, List[Tuple[str, str]]]:
+    """{secret: [(key, env_var)]} from `SECRET:KEY=ENV_VAR,...`, in the order given."""
+    result: Dict[str, List[Tuple[str, str]]] = {}
+    for item in _items(self.secret_env):
+      secret, sep, mapping = item.partition(':')
+      key, has_env, env_var = mapping.partition('=')
+      if not (sep and secret and key and has_env and env_var):
+        raise ValueError(f'secret_env: expected SECRET:KEY=ENV_VAR, found {item!r}')
+      result.setdefault(secret, []).append((key, env_var))
+    return result
+
+  def secret_mounts(self) -> List[Tuple[str, str]]:
+    """[(secret, mount_path)] from `SECRET:/path,...`."""
+    result = []
+    for item in _items(self.secret_volumes):
+      secret, sep, path = item.partition(':')
+      if not sep or not secret or not path.startswith('/'):
+        raise ValueError(f'secret_volumes: expected SECRET:/absolute/path, found {item!r}')
+      result.append((secret, path.rstrip('/') or '/'))
+    return result
+
+  def pull_secrets(self) -> List[str]:
+    """Image pull secrets; refused on a backend whose executor config cannot carry them."""
+    secrets = _items(self.image_pull_secrets)
+    if secrets and not self.supports('imagePullSecret'):
+      raise ValueError(
+          f'image_pull_secrets: KFP backend {self.kfp_backend} cannot set them (its '
+          f'Kubernetes executor config has no imagePullSecret field and its driver rejects '
+          f'unknown ones). Add them to the runs\' service account instead (default-editor '
+          f'in a Kubeflow profile namespace, pipeline-runner on standalone KFP: kubectl '
+          f'patch serviceaccount ... -p \'{{"imagePullSecrets": [{{"name": '
+          f'"{secrets[0]}"}}]}}\'), or use --kfp-backend 2.2 on KFP 2.2 or later')
+    return secrets
 
 
 def _items(text: str) -> List[str]:

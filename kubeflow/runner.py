@@ -6,16 +6,19 @@ module then adapts it to the open-source Kubeflow Pipelines backend:
 
 * every container runs `kubeflow.entrypoint` (TFX's own entrypoint fails there,
   tensorflow/tfx#7768; see that module);
-* the Trainer requests GPUs, its pod gets the GPU pool's node selector and tolerations,
-  and PVCs are mounted, in a second YAML document (the Kubernetes platform spec that
-  `kfp.Client` uploads with the pipeline);
+* the Trainer requests GPUs (and must then run the CUDA image); its pod gets the GPU
+  pool's node selector and tolerations, and every pod the PVC mounts, Secrets and image
+  pull secrets, in a second YAML document (the Kubernetes platform spec that `kfp.Client`
+  uploads with the pipeline), holding only the fields the configured backend generation
+  parses (config.PLATFORM_FIELDS);
 * the ExampleGen task is never cached: the file fingerprinting that lets TFX cache it
   (a pre-cache-check hook) runs on Vertex only, so a cached ExampleGen would miss new
   data (spans) in scheduled runs; nor is the Evaluator, whose baseline is the model
   served at the time it runs (components/served_baseline.py; its driver, which puts the
   served version into the cache key locally, does not run on KFP);
-* the pipeline root is written into the spec (`defaultPipelineRoot`): TFX keeps it only
-  in the runtime config, which a YAML spec does not carry.
+* the pipeline root is written into the spec (`defaultPipelineRoot`) for readers of the
+  file; no backend reads it from there (the driver takes the run's runtime config, then
+  the namespace's `kfp-launcher` ConfigMap), so kubeflow/client.py sends it with each run.
 """
 
 from __future__ import annotations
@@ -59,18 +62,24 @@ def locations(params: PipelineParams, kfp: KubeflowConfig) -> Locations:
 
 
 def beam_args(params: PipelineParams, kfp: KubeflowConfig) -> List[str]:
-  """The Beam flags every task gets. DirectRunner workers: `beam_workers` if set, else
-  the task's CPU limit, else 0, which Beam reads as one per core of the node the task
-  runs on (PipelineParams.beam_pipeline_args would count the compiling machine's). Other
-  runners (e.g. Dataflow) get the flags as given; TFX packages itself for their workers
-  unless one of BEAM_DEPENDENCY_OPTIONS is set."""
+  """The Beam flags every task gets. DirectRunner workers, unless the flags name them:
+  `beam_workers` (1 by default, as locally); with `--beam-workers 0`, the task's CPU limit,
+  else 0, which Beam reads as one per core of the node the task runs on
+  (PipelineParams.beam_pipeline_args would count the compiling machine's). One worker runs
+  in-process, more in worker processes, unless the flags set the mode. Other runners (e.g.
+  Dataflow) get the flags as given; TFX packages itself for their workers unless one of
+  BEAM_DEPENDENCY_OPTIONS is set."""
   from apache_beam.options import pipeline_options  # pylint: disable=import-outside-toplevel
   args = shlex.split(kfp.beam_args)
   options = pipeline_options.PipelineOptions(args).get_all_options()
   if options['runner'] in (None, 'DirectRunner'):
+    workers = options['direct_num_workers']
     if not any(arg.startswith('--direct_num_workers') for arg in args):
       workers = params.beam_workers or (max(1, int(kfp.cpu_limit)) if kfp.cpu_limit else 0)
       args.append(f'--direct_num_workers={workers}')
+    if not any(arg.startswith('--direct_running_mode') for arg in args):
+      args.append('--direct_running_mode=' + ('in_memory' if workers == 1
+                                              else 'multi_processing'))
     if not any(options[flag] for flag in BEAM_DEPENDENCY_OPTIONS):
       args.append(NO_EXTRA_PACKAGES)  # the task's image has everything installed
   return args
@@ -97,6 +106,16 @@ def check_locations(kfp: KubeflowConfig) -> None:
                          f'NAME:/mount/path or use a gs:// URI')
 
 
+def check_trainer_image(kfp: KubeflowConfig) -> None:
+  """GPUs are only used by the CUDA image: on the CPU one TensorFlow finds no CUDA
+  libraries and trains on the CPU without an error, holding the GPU node idle."""
+  if kfp.gpu_count and kfp.trainer_image == kfp.image:
+    raise CompileError(
+        f'gpu_count is {kfp.gpu_count} but gpu_image is not set (the Trainer would run '
+        f'{kfp.image!r}, which has no CUDA libraries, and train on the CPU): build the GPU '
+        f'variant (make image GPU=1) and pass --gpu-image, or --gpu-count 0')
+
+
 def build(params: PipelineParams, kfp: KubeflowConfig):
   """The local DAG with the pods' locations, adapted for the open-source backend."""
   from pipeline import pipeline  # pylint: disable=import-outside-toplevel
@@ -107,10 +126,13 @@ def build(params: PipelineParams, kfp: KubeflowConfig):
 
 
 def resource_spec(kfp: KubeflowConfig, gpus: int = 0):
-  """A KFP container ResourceSpec: limits for every task, GPUs for the Trainer."""
+  """A KFP container ResourceSpec: requests and limits for every task, GPUs for the
+  Trainer. Requests always: a namespace with a ResourceQuota rejects pods without them."""
   from kfp.pipeline_spec import pipeline_spec_pb2  # pylint: disable=import-outside-toplevel
   spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec(
-      cpu_limit=kfp.cpu_limit, memory_limit=kfp.memory_limit)
+      cpu_limit=kfp.cpu_limit, memory_limit=kfp.memory_limit,
+      cpu_request=min(kfp.cpu_request, kfp.cpu_limit or kfp.cpu_request),
+      memory_request=min(kfp.memory_request, kfp.memory_limit or kfp.memory_request))
   if gpus:
     spec.accelerator.type = kfp.gpu_resource
     spec.accelerator.count = gpus
@@ -118,27 +140,43 @@ def resource_spec(kfp: KubeflowConfig, gpus: int = 0):
 
 
 def attach_resources(dag, kfp: KubeflowConfig) -> None:
-  """GPUs for the Trainer (`with_platform_config`), CPU/memory limits for all tasks."""
+  """GPUs for the Trainer (`with_platform_config`), CPU/memory for all tasks."""
   for component in dag.components:
     gpus = kfp.gpu_count if component.id == ids.TRAINER else 0
-    if gpus or kfp.cpu_limit or kfp.memory_limit:
-      if hasattr(component, 'with_platform_config'):
-        component.with_platform_config(resource_spec(kfp, gpus))
+    if hasattr(component, 'with_platform_config'):
+      component.with_platform_config(resource_spec(kfp, gpus))
+
+
+def kubernetes_settings(kfp: KubeflowConfig, trainer: bool) -> Dict[str, Any]:
+  """One executor's Kubernetes executor config (kfp-kubernetes' JSON form); the config
+  has already refused what its backend generation cannot parse (KubeflowConfig.supports)."""
+  settings: Dict[str, Any] = {}
+  if kfp.pvc_volumes():
+    settings['pvcMount'] = [{'constant': name, 'mountPath': path}
+                            for name, path in kfp.pvc_volumes()]
+  if kfp.secret_env_vars():
+    settings['secretAsEnv'] = [
+        {'secretName': secret,
+         'keyToEnv': [{'secretKey': key, 'envVar': env} for key, env in pairs]}
+        for secret, pairs in kfp.secret_env_vars().items()]
+  if kfp.secret_mounts():
+    settings['secretAsVolume'] = [{'secretName': secret, 'mountPath': path}
+                                  for secret, path in kfp.secret_mounts()]
+  if kfp.pull_secrets():
+    settings['imagePullSecret'] = [{'secretName': name} for name in kfp.pull_secrets()]
+  if trainer and kfp.gpu_count:
+    if kfp.node_selector_labels():
+      settings['nodeSelector'] = {'labels': kfp.node_selector_labels()}
+    if kfp.trainer_tolerations():
+      settings['tolerations'] = kfp.trainer_tolerations()
+  return settings
 
 
 def kubernetes_platform_spec(kfp: KubeflowConfig, executors: List[str]) -> Dict[str, Any]:
   """The second YAML document: per-executor Kubernetes settings (kfp-kubernetes form)."""
   result: Dict[str, Any] = {}
-  volumes = [{'constant': name, 'mountPath': path} for name, path in kfp.pvc_volumes()]
   for executor in executors:
-    settings: Dict[str, Any] = {}
-    if volumes:
-      settings['pvcMount'] = [dict(v) for v in volumes]
-    if executor == executor_label(ids.TRAINER) and kfp.gpu_count:
-      if kfp.node_selector_labels():
-        settings['nodeSelector'] = {'labels': kfp.node_selector_labels()}
-      if kfp.toleration_list():
-        settings['tolerations'] = kfp.toleration_list()
+    settings = kubernetes_settings(kfp, executor == executor_label(ids.TRAINER))
     if settings:
       result[executor] = settings
   if not result:
@@ -152,6 +190,7 @@ def compile_spec(params: PipelineParams, kfp: KubeflowConfig) -> Dict[str, Any]:
   from google.protobuf import json_format
   from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner as v2, pipeline_builder
   # pylint: enable=import-outside-toplevel
+  check_trainer_image(kfp)
   images: Any = kfp.image
   if kfp.trainer_image != kfp.image:
     images = {pipeline_builder.DEFAULT_IMAGE_PATH_KEY: kfp.image, ids.TRAINER: kfp.trainer_image}
@@ -167,7 +206,7 @@ def compile_spec(params: PipelineParams, kfp: KubeflowConfig) -> Dict[str, Any]:
     tasks[never_cached].setdefault('cachingOptions', {})['enableCache'] = False
   # TFX's file-based ExampleGen container ignores with_platform_config; set it here.
   example_gen = spec['deploymentSpec']['executors'][executor_label(ids.EXAMPLE_GEN)]
-  if (kfp.cpu_limit or kfp.memory_limit) and 'resources' not in example_gen['container']:
+  if 'resources' not in example_gen['container']:
     example_gen['container']['resources'] = json_format.MessageToDict(resource_spec(kfp))
   return spec
 

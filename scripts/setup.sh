@@ -2,12 +2,20 @@
 # Creates .venv from requirements.lock. Idempotent: a stamp of the lock and pyproject
 # makes a second call return in well under a second when nothing changed.
 #   scripts/setup.sh          set up .venv
-#   scripts/setup.sh --lock   regenerate requirements.lock with uv's resolver
+#   scripts/setup.sh --lock   regenerate requirements.lock and kubeflow/requirements-gpu.lock
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 UV_VERSION="0.13.*"
 TOOLS=.cache/tools
+# kfp-kubernetes releases whose protos the tests parse the compiled Kubernetes executor
+# configs with (tests/kubeflow/kfp_kubernetes.py), one per KFP backend generation: 1.0.0 has
+# the proto of backend 2.0.x, 1.2.0 that of 2.2. Each goes into its own folder
+# (.venv/kfp-kubernetes/<version>): both define the same module name and proto file.
+KFP_KUBERNETES=(
+  "1.0.0 sha256:39c93df10b3467385639a355b80b95c4e340dd245b421cdbc595a0b2d3c5e18c"
+  "1.2.0 sha256:5f1bf4e7a3b768e36f865e429535ef5362e8cdc59cc2941007033361e4d67fa1"
+)
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -58,12 +66,34 @@ UV=$(find_uv)
 
 if [ "${1:-}" = "--lock" ]; then
   say "resolving pyproject.toml into requirements.lock"
-  exec "$UV" pip compile pyproject.toml --extra test --python-version 3.10 \
+  "$UV" pip compile pyproject.toml --extra test --python-version 3.10 \
     --python-platform x86_64-unknown-linux-gnu --generate-hashes -o requirements.lock
+  # The GPU image's CUDA wheels: TensorFlow's and-cuda extra within requirements.lock's
+  # versions, listing only what requirements.lock does not already have.
+  say "resolving kubeflow/requirements-gpu.in into kubeflow/requirements-gpu.lock"
+  locked=$(grep -oE '^[A-Za-z0-9][A-Za-z0-9._-]*==' requirements.lock | sed 's/==$//')
+  exec "$UV" pip compile kubeflow/requirements-gpu.in -c requirements.lock \
+    --python-version 3.10 --python-platform x86_64-unknown-linux-gnu --generate-hashes \
+    --custom-compile-command 'make lock' \
+    $(printf -- '--no-emit-package %s ' $locked) -o kubeflow/requirements-gpu.lock
 fi
+
+install_kfp_kubernetes() {
+  local item version hash target
+  for item in "${KFP_KUBERNETES[@]}"; do
+    read -r version hash <<< "$item"
+    target=.venv/kfp-kubernetes/$version
+    [ -f "$target/kfp/kubernetes/kubernetes_executor_config_pb2.py" ] && continue
+    say "installing kfp-kubernetes $version into $target (its protos, for the tests)"
+    rm -rf "$target"
+    "$UV" pip install -q --python .venv/bin/python --no-deps --require-hashes \
+      --target "$target" -r <(echo "kfp-kubernetes==$version --hash=$hash")
+  done
+}
 
 stamp=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -x .venv/bin/python ] && [ "$(cat .venv/.lock-stamp 2>/dev/null)" = "$stamp" ]; then
+  install_kfp_kubernetes
   exit 0
 fi
 
@@ -86,5 +116,6 @@ say "using $PY ($("$PY" --version 2>&1))"
 say "installing the locked dependency tree (requirements.lock)"
 "$UV" pip sync -q --python .venv/bin/python requirements.lock
 "$UV" pip install -q --python .venv/bin/python --no-deps -e .
+install_kfp_kubernetes
 echo "$stamp" > .venv/.lock-stamp
 say "ready: .venv ($(.venv/bin/python --version 2>&1))"

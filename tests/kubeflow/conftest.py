@@ -18,6 +18,10 @@ PIPELINE_ROOT = 'minio://mlpipeline/v2/artifacts'
 IMAGE = 'registry.example/mnist-tfx:1.0'
 GPU_IMAGE = 'registry.example/mnist-tfx:1.0-gpu'
 SERVING_URI = 'gs://models-bucket/serving'
+SECRET_ENV = ('mlpipeline-minio-artifact:accesskey=AWS_ACCESS_KEY_ID,'
+              'mlpipeline-minio-artifact:secretkey=AWS_SECRET_ACCESS_KEY')
+SECRET_VOLUMES = 'gcs-key:/var/secrets/google'
+PULL_SECRET = 'registry-credentials'
 
 
 @dataclasses.dataclass
@@ -56,7 +60,8 @@ def compile_args(data_dir: Path, out: Path, *extra: str) -> List[str]:
           '--data-uri', str(data_dir), '--serving-uri', SERVING_URI,
           '--pvc-mounts', f'mnist-data:{data_dir.parent}', '--gpu-count', '2',
           '--gpu-type', 'nvidia-tesla-t4', '--tolerations', 'nvidia.com/gpu:NoSchedule,'
-          'pool=gpu:NoExecute', *extra]
+          'pool=gpu:NoExecute', '--secret-env', SECRET_ENV, '--secret-volumes', SECRET_VOLUMES,
+          *extra]
 
 
 def load_compiled(path: Path, data_dir: Path, argv: List[str]) -> Compiled:
@@ -82,10 +87,22 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope='session')
 def compiled(data_dir: Path, tmp_path_factory) -> Compiled:
-  """The default (open-source KFP) spec, compiled once through the CLI."""
+  """The default (open-source KFP 2.2+) spec, compiled once through the CLI."""
   from kubeflow.__main__ import main  # pylint: disable=import-outside-toplevel
   out = tmp_path_factory.mktemp('spec') / 'mnist.yaml'
-  argv = compile_args(data_dir, out)
+  argv = compile_args(data_dir, out, '--image-pull-secrets', PULL_SECRET)
+  assert main(argv) == 0
+  return load_compiled(out, data_dir, argv)
+
+
+@pytest.fixture(scope='session')
+def compiled_for_2_0(data_dir: Path, tmp_path_factory) -> Compiled:
+  """The spec for KFP backend 2.0.x (Kubeflow 1.8): the GPU taint's own toleration only,
+  which that backend leaves to the cluster, and no pull secrets (it has no such field)."""
+  from kubeflow.__main__ import main  # pylint: disable=import-outside-toplevel
+  out = tmp_path_factory.mktemp('spec') / 'mnist-2.0.yaml'
+  argv = compile_args(data_dir, out, '--kfp-backend', '2.0',
+                      '--tolerations', 'nvidia.com/gpu:NoSchedule')
   assert main(argv) == 0
   return load_compiled(out, data_dir, argv)
 

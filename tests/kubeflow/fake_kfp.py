@@ -2,7 +2,9 @@
 
 It answers the KFP v2beta1 REST calls `kfp.Client` makes for submit/schedule/list/delete,
 with bodies built from kfp_server_api's own models (so the client parses them as it would
-the real server's), and can be told to fail a route with a status and message.
+the real server's), and can be told to fail a route with a status and message. It refuses
+a run or recurring run without `runtime_config.pipeline_root`: the real server accepts it,
+but then the driver ignores the spec's root and writes to the namespace default.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class FakeKfp:
     self.failures: Dict[Tuple[str, str], Tuple[int, str]] = {}
     self.experiments: List[Any] = []
     self.recurring_runs: List[Any] = []
+    self.runs: List[Dict[str, Any]] = []
+    # run id -> the states its next GETs report, one per GET; the last one stays.
+    self.progress: Dict[str, List[str]] = {}
     fake = self
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -51,9 +56,10 @@ class FakeKfp:
         length = int(self.headers.get('Content-Length') or 0)
         raw = self.rfile.read(length) if length else b''
         body = json.loads(raw) if raw else None
-        fake.requests.append(Request(method, url.path, urllib.parse.parse_qs(url.query),
-                                     body, {k.lower(): v for k, v in self.headers.items()}))
-        status, payload = fake.answer(method, url.path, body)
+        query = urllib.parse.parse_qs(url.query)
+        fake.requests.append(Request(method, url.path, query, body,
+                                     {k.lower(): v for k, v in self.headers.items()}))
+        status, payload = fake.answer(method, url.path, body, query)
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header('Content-Type', 'application/json')
@@ -87,11 +93,17 @@ class FakeKfp:
     return [r for r in self.requests
             if (method is None or r.method == method) and (path is None or r.path == API + path)]
 
-  def answer(self, method: str, path: str, body: Any) -> Tuple[int, Any]:
+  def answer(self, method: str, path: str, body: Any,
+             query: Dict[str, List[str]]) -> Tuple[int, Any]:
     if (method, path) in self.failures:
       status, message = self.failures[(method, path)]
       return status, {'error': message, 'code': 3, 'message': message}
     route = path[len(API):] if path.startswith(API) else path
+    if method == 'POST' and route in ('/runs', '/recurringruns') and not (
+        (body.get('runtime_config') or {}).get('pipeline_root')):
+      return 400, {'error': 'no runtime_config.pipeline_root', 'code': 3,
+                   'message': 'no runtime_config.pipeline_root: the driver would use the '
+                              "namespace's kfp-launcher ConfigMap, not the spec's root"}
     if (method, route) == ('GET', '/healthz'):
       return 200, _json(kfp_server_api.V2beta1GetHealthzResponse(multi_user=False))
     if (method, route) == ('GET', '/experiments'):
@@ -104,7 +116,25 @@ class FakeKfp:
       self.experiments.append(experiment)
       return 200, _json(experiment)
     if (method, route) == ('POST', '/runs'):
-      return 200, {**body, 'run_id': 'run-1', 'state': 'PENDING'}
+      run = {**body, 'run_id': f'run-{len(self.runs) + 1}', 'state': 'PENDING',
+             'created_at': f'2025-01-01T03:00:{len(self.runs):02d}Z'}
+      self.runs.append(run)
+      return 200, run
+    if (method, route) == ('GET', '/runs'):
+      runs = [r for r in self.runs if r.get('experiment_id') in query.get('experiment_id', [])]
+      runs.sort(key=lambda r: r['created_at'], reverse=True)
+      size = int(query.get('page_size', ['10'])[0])
+      return 200, {'runs': runs[:size], 'total_size': len(runs)}
+    if method == 'GET' and route.startswith('/runs/'):
+      run_id = route.rsplit('/', 1)[1]
+      run = next((r for r in self.runs if r['run_id'] == run_id), None)
+      if run is None:
+        return 404, {'error': f'run {run_id} not found', 'code': 5,
+                     'message': f'Run {run_id} not found'}
+      states = self.progress.get(run_id, [])
+      if states:
+        run['state'] = states.pop(0) if len(states) > 1 else states[0]
+      return 200, run
     if (method, route) == ('POST', '/recurringruns'):
       run = {**body, 'recurring_run_id': f'rr-{len(self.recurring_runs) + 1}',
              'status': 'ENABLED', 'created_at': '2025-01-01T00:00:00Z'}

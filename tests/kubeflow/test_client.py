@@ -15,6 +15,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from kubeflow import client
 from kubeflow.__main__ import main
+from tests.kubeflow.conftest import PIPELINE_ROOT
 
 
 def as_sent(spec):
@@ -43,8 +44,28 @@ def test_submit_sends_the_compiled_spec_as_one_run(capsys, fake_kfp, compiled):
   assert run.body['service_account'] == 'pipeline-runner'
   assert run.body['pipeline_spec'] == {'pipeline_spec': as_sent(compiled.spec),
                                        'platform_spec': compiled.platform}
-  assert 'pipeline_root' not in run.body.get('runtime_config', {})  # the spec's root
+  assert run.body['runtime_config']['pipeline_root'] == PIPELINE_ROOT  # never read from the spec
   assert run.headers['authorization'] == 'Bearer s3cret'
+
+
+def test_every_run_and_recurring_run_carries_the_configured_pipeline_root(
+    capsys, fake_kfp, compiled):
+  """No backend reads the spec's defaultPipelineRoot: only the runtime config counts."""
+  root = 'gs://artifacts-bucket/pipelines'
+  assert cli(capsys, fake_kfp, compiled, 'submit', '--pipeline-root', root)[0] == 0
+  assert cli(capsys, fake_kfp, compiled, 'schedule', '--cron', '0 3 * * *',
+             '--pipeline-root', root)[0] == 0
+  sent = fake_kfp.calls('POST', '/runs') + fake_kfp.calls('POST', '/recurringruns')
+  assert [r.body['runtime_config']['pipeline_root'] for r in sent] == [root, root]
+
+
+def test_the_fake_api_refuses_a_run_without_a_pipeline_root(fake_kfp, compiled):
+  import kfp  # pylint: disable=import-outside-toplevel
+  import kfp_server_api  # pylint: disable=import-outside-toplevel
+  with pytest.raises(kfp_server_api.ApiException) as error:
+    kfp.Client(host=fake_kfp.host).run_pipeline(
+        experiment_id='exp-1', job_name='no root', pipeline_package_path=str(compiled.path))
+  assert error.value.status == 400 and 'kfp-launcher' in error.value.body
 
 
 def test_submit_without_cache_turns_caching_off_for_every_task(capsys, fake_kfp, compiled):
@@ -71,6 +92,7 @@ def test_schedule_creates_a_nightly_recurring_run_one_at_a_time_without_catchup(
   assert body['no_catchup'] is True
   assert body['pipeline_spec']['pipeline_spec']['pipelineInfo'] == {'name': 'mnist'}
   assert body['pipeline_spec']['platform_spec'] == compiled.platform
+  assert body['runtime_config']['pipeline_root'] == PIPELINE_ROOT
   assert request.headers['cookie'] == 'authservice_session=abc'
 
 
@@ -112,6 +134,8 @@ def test_unschedule_of_an_unknown_schedule_says_so(capsys, fake_kfp, compiled):
     (400, 'Failed to create a run: resolver executors not implemented',
      'answered HTTP 400 Bad Request: Failed to create a run: resolver executors'),
     (403, 'RBAC: access denied', 'HTTP 403 Forbidden: RBAC: access denied (check --token'),
+    (401, 'Unauthorized', '--cookies (oauth2_proxy_kubeflow=... on Kubeflow 1.9+, '
+                          'authservice_session=... on 1.8)'),
 ])
 def test_server_errors_surface_as_one_clear_line(capsys, fake_kfp, compiled, status,
                                                  message, expected):
@@ -176,3 +200,80 @@ def test_a_malformed_cron_is_refused_before_any_request(capsys, fake_kfp, compil
   code, _, err = cli(capsys, fake_kfp, compiled, 'schedule', '--cron', '3am daily')
   assert code == 1 and 'cron: expected 5 fields' in err
   assert not fake_kfp.requests
+
+
+def test_scheduling_again_under_the_same_name_replaces_the_recurring_run(
+    capsys, fake_kfp, compiled):
+  assert cli(capsys, fake_kfp, compiled, 'schedule', '--cron', '0 3 * * *',
+             '--name', 'nightly')[0] == 0
+  assert cli(capsys, fake_kfp, compiled, 'schedule', '--cron', '0 4 * * *',
+             '--name', 'other')[0] == 0
+  code, out, err = cli(capsys, fake_kfp, compiled, 'schedule', '--cron', '0 5 * * *',
+                       '--name', 'nightly')
+  assert code == 0, err
+  assert 'Scheduled rr-3' in out and 'replaced rr-1' in out
+  assert [r.path for r in fake_kfp.calls('DELETE')] == ['/apis/v2beta1/recurringruns/rr-1']
+  assert [(r['recurring_run_id'], r['display_name']) for r in fake_kfp.recurring_runs] == [
+      ('rr-2', 'other'), ('rr-3', 'nightly')]
+
+
+def test_a_failed_replacement_keeps_the_old_recurring_run(capsys, fake_kfp, compiled):
+  assert cli(capsys, fake_kfp, compiled, 'schedule', '--cron', '0 3 * * *')[0] == 0
+  fake_kfp.fail('POST', '/recurringruns', 400, 'invalid cron')
+  assert cli(capsys, fake_kfp, compiled, 'schedule', '--cron', '0 3 * * *')[0] == 1
+  assert not fake_kfp.calls('DELETE')
+  assert [r['recurring_run_id'] for r in fake_kfp.recurring_runs] == ['rr-1']
+
+
+def test_runs_lists_recent_runs_with_state_and_duration(capsys, fake_kfp, compiled):
+  for name in ('first', 'second', 'third'):
+    assert cli(capsys, fake_kfp, compiled, 'submit', '--run-name', name)[0] == 0
+  fake_kfp.runs[0].update(state='SUCCEEDED', finished_at='2025-01-01T03:14:05Z')
+  fake_kfp.runs[1].update(state='FAILED', finished_at='2025-01-01T03:02:31Z',
+                          error={'message': 'Trainer: OOMKilled'})
+  fake_kfp.runs[2].update(state='RUNNING', finished_at='1970-01-01T00:00:00Z')
+  code, out, err = cli(capsys, fake_kfp, compiled, 'runs', '--limit', '2')
+  assert code == 0, err
+  lines = out.strip().splitlines()
+  assert len(lines) == 2  # newest first, as many as asked for
+  assert lines[0].startswith("run-3  'third'  RUNNING  created 2025-01-01 03:00:02 UTC  took ")
+  assert lines[1] == ("run-2  'second'  FAILED  created 2025-01-01 03:00:01 UTC  took 2m30s"
+                      "  error: Trainer: OOMKilled")
+  (listed,) = fake_kfp.calls('GET', '/runs')
+  assert listed.query['sort_by'] == ['created_at desc']
+  assert listed.query['experiment_id'] == ['exp-1']
+  code, out, _ = cli(capsys, fake_kfp, compiled, 'runs')
+  assert "run-1  'first'  SUCCEEDED  created 2025-01-01 03:00:00 UTC  took 14m05s" in out
+
+
+@pytest.mark.parametrize('final, code', [('SUCCEEDED', 0), ('FAILED', 1), ('CANCELED', 1)])
+def test_wait_follows_a_run_to_its_end_and_exits_by_its_outcome(capsys, fake_kfp, compiled,
+                                                                 final, code):
+  assert cli(capsys, fake_kfp, compiled, 'submit')[0] == 0
+  fake_kfp.progress['run-1'] = ['PENDING', 'RUNNING', 'RUNNING', final]
+  assert cli(capsys, fake_kfp, compiled, 'wait', 'run-1', '--poll', '0.01')[0] == code
+  states = [r for r in fake_kfp.calls('GET') if r.path.endswith('/runs/run-1')]
+  assert len(states) == 4  # polled until the final state, no further
+
+
+def test_wait_reports_each_state_change_once(capsys, fake_kfp, compiled):
+  assert cli(capsys, fake_kfp, compiled, 'submit')[0] == 0
+  fake_kfp.progress['run-1'] = ['RUNNING', 'RUNNING', 'SUCCEEDED']
+  code, out, _ = cli(capsys, fake_kfp, compiled, 'wait', 'run-1', '--poll', '0.01')
+  assert code == 0
+  assert [line.split('  ')[2] for line in out.strip().splitlines()] == ['RUNNING', 'SUCCEEDED']
+
+
+def test_wait_gives_up_after_its_timeout(capsys, fake_kfp, compiled):
+  assert cli(capsys, fake_kfp, compiled, 'submit')[0] == 0
+  fake_kfp.progress['run-1'] = ['RUNNING']
+  start = time.monotonic()
+  code, _, err = cli(capsys, fake_kfp, compiled, 'wait', 'run-1', '--poll', '0.05',
+                     '--wait-timeout', '0.3')
+  assert code == 1 and 'error: run run-1 is still RUNNING after 0.3 s' in err
+  assert time.monotonic() - start < 5
+
+
+def test_wait_for_an_unknown_run_says_so(capsys, fake_kfp, compiled):
+  code, _, err = cli(capsys, fake_kfp, compiled, 'wait', 'run-9', '--poll', '0.01')
+  assert code == 1 and 'HTTP 404' in err and 'Run run-9 not found' in err

@@ -13,7 +13,7 @@ from kubeflow import config as kfp_configs
 from kubeflow import runner
 from pipeline import component_ids as ids
 from pipeline import configs, pipeline
-from tests.kubeflow.conftest import GPU_IMAGE, IMAGE, PIPELINE_ROOT, SERVING_URI
+from tests.kubeflow.conftest import GPU_IMAGE, IMAGE, PIPELINE_ROOT, SERVING_URI, compile_args
 
 ENTRYPOINT = ['python', '-m', 'kubeflow.entrypoint']
 
@@ -160,6 +160,25 @@ def test_beam_workers_count_the_pod_not_the_compiling_machine(beam_workers, cpu_
   assert [a for a in args if a.startswith('--direct_num_workers')] == [expected]
 
 
+@pytest.mark.parametrize('beam_workers, cpu_limit, expected', [
+    (1, 0.0, ['--direct_num_workers=1', '--direct_running_mode=in_memory']),
+    (0, 3.0, ['--direct_num_workers=3', '--direct_running_mode=multi_processing']),
+    (0, 0.0, ['--direct_num_workers=0', '--direct_running_mode=multi_processing']),
+])
+def test_default_beam_flags_are_the_ones_the_docs_describe(beam_workers, cpu_limit, expected):
+  """docs/kubeflow.md: --beam-workers (default 1, in-process), with 0 the CPU limit, else
+  a worker per node core."""
+  params = configs.load(environ={}, config_class=configs.PipelineParams,
+                        beam_workers=beam_workers)
+  assert params.beam_workers == beam_workers
+  args = runner.beam_args(params, kfp_configs.KubeflowConfig(cpu_limit=cpu_limit))
+  assert args == [*expected, configs.NO_EXTRA_PACKAGES]
+  docs = (configs.REPO_ROOT / 'docs' / 'kubeflow.md').read_text()
+  assert ('`--direct_num_workers` is `--beam-workers` (default 1: one worker, in-process); '
+          'with `--beam-workers 0`, the `--cpu-limit`, else 0') in ' '.join(docs.split())
+  assert configs.PipelineParams.beam_workers == 1
+
+
 @pytest.mark.parametrize('beam_args, expected', [
     ('--direct_running_mode=multi_processing', True),
     ('--runner=DirectRunner --setup_file=/app/setup.py', False),
@@ -188,3 +207,27 @@ def test_uri_locations_reach_the_spec_unchanged(tmp_path):
   push = json.loads(tasks[ids.PUSHER]['inputs']['parameters']['push_destination']
                     ['runtimeValue']['constant'])
   assert push['filesystem']['base_directory'] == 'gs://bucket/serving/mnist'
+def test_every_task_requests_cpu_and_memory(compiled):
+  """A namespace with a ResourceQuota admits no pod without requests."""
+  for task in compiled.tasks:
+    resources = compiled.container(task)['resources']
+    assert (resources['cpuRequest'], resources['memoryRequest']) == (0.5, 2.0), task
+
+
+def test_requests_never_exceed_the_limits():
+  spec = runner.resource_spec(kfp_configs.KubeflowConfig(cpu_limit=0.25, memory_limit=1.0))
+  assert (spec.cpu_request, spec.memory_request) == (0.25, 1.0)
+  assert (spec.cpu_limit, spec.memory_limit) == (0.25, 1.0)
+
+
+def test_gpus_without_the_cuda_image_are_refused(capsys, data_dir, tmp_path):
+  """The CPU image has no CUDA libraries: its Trainer would hold a GPU and train on CPU."""
+  from kubeflow.__main__ import main  # pylint: disable=import-outside-toplevel
+  argv = compile_args(data_dir, tmp_path / 'spec.yaml', '--gpu-count', '1')
+  at = argv.index('--gpu-image')
+  del argv[at:at + 2]
+  assert main(argv) == 1
+  err = capsys.readouterr().err
+  assert 'gpu_count is 1 but gpu_image is not set' in err and '--gpu-count 0' in err
+  assert not (tmp_path / 'spec.yaml').exists()
+  assert main([*argv, '--gpu-count', '0', '--output', str(tmp_path / 'cpu.yaml')]) == 0

@@ -39,8 +39,9 @@ def test_example_gen_pod_writes_its_examples_to_the_pipeline_root(launcher, exam
   assert uri.startswith('minio://mlpipeline/v2/artifacts/mnist/')
   assert artifact['uri'] == uri  # the launcher uploads from the mirror and records this
   metadata = artifact['metadata']
-  assert json.loads(metadata['split_names']) == ['train', 'eval', 'test']
-  assert json.loads(metadata['split_counts']) == {'train': 100, 'eval': 20, 'test': 30}
+  assert json.loads(metadata['split_names']) == ['train', 'eval', 'test', 'holdout']
+  assert json.loads(metadata['split_counts']) == {'train': 100, 'eval': 20, 'test': 30,
+                                                  'holdout': 0}
   assert metadata['input_fingerprint'].startswith('split:train,num_files:2')  # the driver
   for split, count in (('train', 100), ('eval', 20), ('test', 30)):
     files = sorted(str(p) for p in (launcher.local(uri) / f'Split-{split}').glob('*.gz'))
@@ -58,7 +59,7 @@ def test_downstream_pod_runs_with_the_types_the_open_source_driver_passes(
   assert 'type tfx.Examples restored' in result.stderr
   artifact = launcher.executor_output('StatisticsGen')['artifacts']['statistics']['artifacts'][0]
   assert artifact['uri'] == launcher.output_uri('StatisticsGen', 'statistics')
-  assert json.loads(artifact['metadata']['split_names']) == ['train', 'eval', 'test']
+  assert json.loads(artifact['metadata']['split_names']) == ['train', 'eval', 'test', 'holdout']
   assert list(launcher.local(artifact['uri']).glob('Split-train/FeatureStats.pb'))
 
 
