@@ -19,7 +19,7 @@ Evaluator blesses the same model against itself); the push records that version.
 The blessing names the served version the candidate was compared with. If another version
 has been served since (a concurrent run, a hand push, a cached verdict), the candidate was
 never compared with it and is not pushed. Each pushed version carries its evaluation
-record (`serving.layout.EVALUATION_RECORD`): metrics, baseline, spans, run and code.
+record (`trainer.serving_layout.EVALUATION_RECORD`): metrics, baseline, spans, run and code.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import io_utils, json_utils, proto_utils
 
 from components.served_baseline import BASELINE_VERSION_KEY
-from serving.layout import (EVALUATION_RECORD, PUSHER_FILES, STAGING_PREFIX, latest_version,
-                            next_version)
+from trainer.serving_layout import (EVALUATION_RECORD, PUSHER_FILES, STAGING_PREFIX,
+                                    latest_version, next_version)
 
 RECORD_KEY = 'record'  # JSON the pipeline fixes for every push: pipeline, code, training
 

@@ -4,8 +4,8 @@ TFX's usual baseline is the last model blessed in this machine's ML Metadata, fo
 resolver node: a model that was blessed but never pushed, or a served version pushed by
 another machine, would be the wrong yardstick, and open-source Kubeflow cannot run
 resolver nodes at all. Here the baseline is what TF Serving serves: the newest complete
-version under the Pusher's destination (serving/layout.py's rule), evaluated side by side
-with the candidate on the same examples in the same run. Nothing served yet: the
+version under the Pusher's destination (trainer/serving_layout.py's rule), evaluated side
+by side with the candidate on the same examples in the same run. Nothing served yet: the
 absolute bound alone gates (TFX's rubber stamp).
 
 Which version that is belongs in the cache key: a driver looks it up before TFX's cache
@@ -37,7 +37,7 @@ from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import io_utils, json_utils
 
 from components.mnist_example_gen.executor import SPANS_PROPERTY
-from serving import layout
+from trainer import serving_layout as layout
 from trainer import features
 
 SERVING_DIR_KEY = 'serving_dir'

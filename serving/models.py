@@ -24,7 +24,7 @@ import grpc
 
 from serving.config import ModelPolicy
 from serving.errors import invalid, not_found
-from serving.layout import discover
+from trainer.serving_layout import discover
 from serving.servable import Servable
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from serving.errors import ServingError, invalid
-from serving.layout import SAVED_MODEL_FILE
+from trainer.serving_layout import SAVED_MODEL_FILE
 from trainer import features
 
 log = logging.getLogger(__name__)

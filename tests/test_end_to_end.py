@@ -26,7 +26,7 @@ from ml_metadata.proto import metadata_store_pb2
 from PIL import Image
 
 from pipeline import component_ids, configs, summary
-from serving import layout
+from trainer import serving_layout as layout
 from trainer import data_layout, features, idx
 
 pytestmark = pytest.mark.e2e

@@ -23,7 +23,7 @@ CONTRACTS = frozenset({
     'trainer.mnist_image',  # any image -> a 28x28 MNIST-style digit
     'trainer.logs',         # log set-up of the project's commands
     'trainer.data_layout',  # the data location: base, sealed spans, incoming/
-    'serving.layout',       # TF Serving's directory layout and version rules
+    'trainer.serving_layout',  # TF Serving's directory layout and version rules
 })
 HEAVY = ('tensorflow', 'tf_keras', 'tfx', 'tfx_bsl', 'apache_beam', 'tensorflow_transform',
          'tensorflow_model_analysis', 'tensorflow_data_validation', 'ml_metadata', 'kfp')

@@ -13,7 +13,7 @@ import pytest
 
 from serving.config import ModelConfigWatcher, ModelPolicy, VersionPolicy, parse_model_config
 from serving.errors import ServingError
-from serving.layout import discover
+from trainer.serving_layout import discover
 from serving.models import ModelManager
 from tests.serving.conftest import CONFIG_FILE
 

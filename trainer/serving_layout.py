@@ -6,8 +6,8 @@ hidden staging folders (`.push-*`) while a push is being copied, or partial copi
 without `saved_model.pb`. A server serves the largest complete version (TF Serving's
 default `latest` policy), so a new version must always get a larger number.
 
-No TensorFlow and nothing of the project: the Pusher (components/) and the model server
-(serving/) both import it.
+No TensorFlow and nothing of the project: the Pusher (components/), the model server
+(serving/), the warm start (trainer/) and `pipeline lineage` all import it.
 """
 
 from __future__ import annotations
