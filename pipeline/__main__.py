@@ -1,7 +1,9 @@
 """`python -m pipeline run [--data-dir ...] [--epochs ...]`: the project's own command.
 
 Runs the whole DAG locally with progress per component, then prints a summary read back
-from ML Metadata. `python -m pipeline summary` prints the last run's summary again.
+from ML Metadata. `python -m pipeline summary` prints the last run's summary again,
+`python -m pipeline history` one line per run (oldest first), and
+`python -m pipeline lineage VERSION` what produced a served model version.
 `python -m pipeline seal` seals the images waiting in `<data-dir>/incoming/` into the next
 span (every run does it first, too); `--from FOLDER` seals a folder prepared by hand.
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-
 from typing import Optional
 
 from pipeline import configs, preflight
@@ -43,6 +44,10 @@ def main(argv=None) -> int:
   configs.add_arguments(seal_command)
   seal_command.add_argument('--from', dest='source', metavar='FOLDER',
                             help='a folder of IDX files or label folders 0-9 to seal')
+  configs.add_arguments(commands.add_parser('history', help='one line per run, oldest first'))
+  lineage_parser = commands.add_parser('lineage', help='what produced a served version')
+  lineage_parser.add_argument('version', type=int, help='a version folder of the model')
+  configs.add_arguments(lineage_parser)
   args = parser.parse_args(argv)
   try:
     config = configs.load(args)
@@ -57,6 +62,9 @@ def main(argv=None) -> int:
     except (preflight.PreflightError, OSError, ValueError) as e:
       print(f'Pipeline FAILED: {e}', file=sys.stderr)
       return 2
+
+  if args.command in ('history', 'lineage'):
+    return report(args.command, config, args)
 
   from pipeline import local_runner, summary  # pylint: disable=g-import-not-at-top
   if args.command == 'run':
@@ -76,6 +84,22 @@ def main(argv=None) -> int:
     hint = preflight.explain(failed)
     print(f'\nPipeline FAILED: {type(failed).__name__}: {failed}' +
           (f'\n{hint}' if hint else ''), file=sys.stderr)
+    return 1
+  return 0
+
+
+def report(command: str, config: configs.LocalConfig, args: argparse.Namespace) -> int:
+  """`history` or `lineage`: read-only reports on ML Metadata and the serving folder."""
+  from pipeline import history, lineage  # pylint: disable=g-import-not-at-top
+  logs.show_progress()  # TensorFlow is imported now: filter its deprecation warnings
+  if command == 'history':
+    print(history.history(config.metadata_path))
+    return 0
+  try:
+    print(lineage.lineage(config.model_serving_dir, config.model_name, args.version,
+                          config.metadata_path, config.pipeline_name).format())
+  except lineage.UnknownVersion as e:
+    print(f'lineage: {e}', file=sys.stderr)
     return 1
   return 0
 
