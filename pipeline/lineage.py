@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from pipeline import history, summary
-from serving import layout
+from trainer import serving_layout as layout
 
 RECORD_FILE = Path('assets.extra') / 'evaluation.json'
 UNKNOWN = 'unknown'

@@ -30,6 +30,7 @@ from tfx.proto.orchestration import pipeline_pb2
 from tfx.types import artifact as tfx_artifact, standard_artifacts
 
 from pipeline import component_ids as ids, configs, history, lineage, summary
+from trainer import features
 
 PIPELINE = 'mnist'
 FIRST_VERSION = 1700000000      # pushed by run-1, pushed again as "already served" by run-4
@@ -39,11 +40,11 @@ ACCURACY_METRIC = summary.ACCURACY_METRIC
 
 
 def write_tfma_output(folder: Path, accuracy: float, lower_bound: Optional[float]) -> None:
-  """What the Evaluator writes: overall metrics and the validation result; a failure when
-  `accuracy` is under `lower_bound`."""
+  """What the Evaluator writes: the gate slice's metrics (span=0, the canonical test split)
+  and the validation result; a failure when `accuracy` is under `lower_bound`."""
   folder.mkdir(parents=True)
   metrics = metrics_for_slice_pb2.MetricsForSlice()
-  metrics.slice_key.SetInParent()
+  metrics.slice_key.single_slice_keys.add(column=features.SPAN_KEY, int64_value=0)
   value = metrics.metric_keys_and_values.add()
   value.key.name = ACCURACY_METRIC
   value.value.double_value.value = accuracy
@@ -51,7 +52,7 @@ def write_tfma_output(folder: Path, accuracy: float, lower_bound: Optional[float
   if lower_bound is not None and accuracy < lower_bound:
     validation.validation_ok = False
     per_slice = validation.metric_validations_per_slice.add()
-    per_slice.slice_key.SetInParent()
+    per_slice.slice_key.single_slice_keys.add(column=features.SPAN_KEY, int64_value=0)
     failure = per_slice.failures.add()
     failure.metric_key.name = ACCURACY_METRIC
     failure.metric_value.double_value.value = accuracy
@@ -221,7 +222,7 @@ def test_history_blessed_and_pushed_run(store):
 def test_history_not_blessed_run_says_why_and_trained_on_which_spans(store):
   row = _history_lines(store)[1]
   assert row[3:] == ['base+1,2', '0.9850', 'not pushed',
-                     f'not blessed: {ACCURACY_METRIC} (overall slice): value 0.9850, '
+                     f'not blessed: {ACCURACY_METRIC} (span=0 slice): value 0.9850, '
                      f'bound >= 0.99']
 
 
