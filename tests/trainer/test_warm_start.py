@@ -154,6 +154,18 @@ def test_a_version_exported_before_warm_starts_trains_cold(served, tmp_path, cap
   assert 'version 3 has no assets.extra/keras.weights.h5' in caplog.text
 
 
+def test_no_served_model_dir_or_an_unreadable_version_trains_cold(served, tmp_path, caplog):
+  base, _ = served
+  cfg = dataclasses.replace(CNN, warm_start=True)
+  assert warm_start.served_weights(cfg, None) is None
+  assert 'given no served model directory' in caplog.text
+  copy = tmp_path / 'mnist'
+  shutil.copytree(base, copy)
+  (copy / '2' / warm_start.ASSETS_EXTRA_DIR / warm_start.ARCHITECTURE_FILE).write_text('{cnn')
+  assert warm_start.served_weights(cfg, str(copy)) is None
+  assert f'cannot read the served model under {copy}' in caplog.text
+
+
 def test_a_uri_base_path_is_read_through_gfile(served):
   base, cnn = served
   uri = f'file://{base}'
