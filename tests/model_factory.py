@@ -49,6 +49,6 @@ def build_serving_model(export_dir: Path, images: np.ndarray, labels: np.ndarray
   arrays = transform(images, labels, work / 'transform')
   cfg = cfg or TrainingConfig(epochs=3, batch_size=64, augment=False, label_smoothing=0.0)
   model = run.train(cfg, arrays, arrays, str(work / 'logs'))
-  export.export_serving_model(model, tft.TFTransformOutput(str(work / 'transform')),
+  export.export_serving_model(model, cfg, tft.TFTransformOutput(str(work / 'transform')),
                               str(export_dir))
   return Path(export_dir)

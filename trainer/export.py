@@ -4,6 +4,7 @@
 - `serving_tf_example`: serialized tf.Examples -> `classes` (labels as strings) and
   `scores`, marked as a classify signature so TF Serving's `:classify` API accepts it.
 Both run Transform's graph first, so serving normalizes exactly as training did.
+Beside them, in `assets.extra/`, what a later warm start needs (trainer/warm_start.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import tensorflow_transform as tft
 import tf_keras as keras
 from tensorflow.core.protobuf import saved_model_pb2
 
-from trainer import features
+from trainer.hparams import TrainingConfig
+from trainer import features, warm_start
 
 SAVED_MODEL_FILE = 'saved_model.pb'
 
@@ -61,7 +63,9 @@ def mark_classify_signature(export_dir: str, signature_name: str) -> None:
   path.write_bytes(saved_model.SerializeToString())
 
 
-def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
-                         export_dir: str) -> None:
+def export_serving_model(model: keras.Model, cfg: TrainingConfig,
+                         tf_transform_output: tft.TFTransformOutput, export_dir: str) -> None:
+  """`cfg` is the config the model was built from, recorded for warm starts."""
   tf.saved_model.save(model, export_dir, signatures=_signatures(model, tf_transform_output))
   mark_classify_signature(export_dir, features.SERVING_TF_EXAMPLE)
+  warm_start.write(model, cfg, export_dir)

@@ -29,6 +29,11 @@ class TrainingConfig:
   distribution: str = 'auto'         # auto (mirrored over GPUs, else default) | mirrored | default
   mixed_precision: str = 'auto'      # auto (on with a GPU) | on | off
   seed: int = 42
+  # Continuous training: fine-tune the served model instead of training from scratch
+  # (trainer/warm_start.py; falls back to a cold run when nothing fitting is served).
+  warm_start: bool = False
+  warm_start_epochs: int = 3
+  warm_start_learning_rate: float = 3e-4   # a tenth of learning_rate: the weights are trained
 
   def __post_init__(self) -> None:
     choices = {
@@ -44,6 +49,21 @@ class TrainingConfig:
     if self.epochs < 1 or self.batch_size < 1:
       raise ValueError(f'epochs and batch_size must be >= 1, found {self.epochs}, '
                        f'{self.batch_size}')
+    if self.warm_start_epochs < 1:
+      raise ValueError(f'warm_start_epochs must be >= 1, found {self.warm_start_epochs}')
+    if not self.warm_start_learning_rate > 0:
+      raise ValueError(f'warm_start_learning_rate must be > 0, found '
+                       f'{self.warm_start_learning_rate}')
+
+  def fine_tuning(self) -> TrainingConfig:
+    """A warm run's config: `warm_start_epochs` of cosine decay from
+    `warm_start_learning_rate` to zero, without warm-up. Warm-up shields random weights from
+    full-size first steps; a warm run starts from trained weights at an already low rate,
+    and in a run of 3 epochs a warm-up would take a large share. Decaying to zero, not a
+    constant rate, ends the short run settled, as a cold run ends."""
+    return dataclasses.replace(self, epochs=self.warm_start_epochs,
+                               learning_rate=self.warm_start_learning_rate,
+                               lr_schedule='cosine', warmup_epochs=0.0)
 
 
 # Named starting points for training; environment and flags still override each field.

@@ -70,3 +70,15 @@ def build_model(cfg: TrainingConfig) -> keras.Model:
   outputs = keras.layers.Dense(features.NUM_CLASSES, activation='softmax', dtype='float32',
                                name=features.PROBABILITIES_OUTPUT)(x)
   return keras.Model(inputs, outputs, name=f'mnist_{cfg.architecture}')
+
+
+def architecture(cfg: TrainingConfig) -> dict:
+  """The network a config builds, as JSON values: what the shapes of its weights depend on
+  (layer widths are code, so they count too) and its dropout. A warm start loads served
+  weights only into the same network."""
+  if cfg.architecture == 'cnn':
+    widths = {'cnn_filters': list(CNN_FILTERS), 'cnn_dense_units': CNN_DENSE_UNITS}
+  else:
+    widths = {'mlp_units': list(MLP_UNITS)}
+  return {'architecture': cfg.architecture, 'batch_norm': cfg.batch_norm,
+          'dropout': cfg.dropout, **widths}

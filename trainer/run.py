@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import math
 import time
+from typing import List, Optional
 
 from absl import logging
+import numpy as np
 import tensorflow_transform as tft
 import tf_keras as keras
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from trainer.hparams import TrainingConfig
-from trainer import data, distribution, export, model, schedules
+from trainer import data, distribution, export, model, schedules, warm_start
 
 ACCURACY_METRIC = 'accuracy'
+# custom_config key: the served model's base path, `<serving>/<model name>` (warm starts).
+SERVED_MODEL_DIR_KEY = 'served_model_dir'
 
 
-def compile_model(cfg: TrainingConfig, steps_per_epoch: int) -> keras.Model:
+def compile_model(cfg: TrainingConfig, steps_per_epoch: int,
+                  initial_weights: Optional[List[np.ndarray]] = None) -> keras.Model:
+  """Initial weights are set before compiling: the optimizer starts fresh."""
   net = model.build_model(cfg)
+  if initial_weights is not None:
+    net.set_weights(initial_weights)
   net.compile(
       optimizer=schedules.make_optimizer(cfg, steps_per_epoch),
       loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
@@ -39,19 +47,30 @@ def callbacks(cfg: TrainingConfig, log_dir: str) -> list:
 
 
 def train(cfg: TrainingConfig, train_arrays: data.Arrays, eval_arrays: data.Arrays,
-          log_dir: str) -> keras.Model:
+          log_dir: str, initial_weights: Optional[List[np.ndarray]] = None) -> keras.Model:
   """Trains under the chosen strategy; shared by `run_fn` and the benchmarks."""
   keras.utils.set_random_seed(cfg.seed)
   strategy = distribution.configure(cfg)
   batch_size = cfg.batch_size * strategy.num_replicas_in_sync
   steps_per_epoch = math.ceil(len(train_arrays.labels) / batch_size)
   with strategy.scope():
-    net = compile_model(cfg, steps_per_epoch)
+    net = compile_model(cfg, steps_per_epoch, initial_weights)
   net.fit(data.make_dataset(train_arrays, batch_size, training=True, seed=cfg.seed),
           validation_data=data.make_dataset(eval_arrays, batch_size, training=False,
                                             seed=cfg.seed),
           epochs=cfg.epochs, callbacks=callbacks(cfg, log_dir), verbose=2)
   return net
+
+
+def train_or_warm_start(cfg: TrainingConfig, train_arrays: data.Arrays,
+                        eval_arrays: data.Arrays, log_dir: str,
+                        served_model_dir: Optional[str]) -> keras.Model:
+  """`train`; with `cfg.warm_start`, a fine-tuning of the served model's weights instead
+  (`cfg.fine_tuning()`) when the served network is the one `cfg` builds."""
+  weights = warm_start.served_weights(cfg, served_model_dir) if cfg.warm_start else None
+  if weights is None:
+    return train(cfg, train_arrays, eval_arrays, log_dir)
+  return train(cfg.fine_tuning(), train_arrays, eval_arrays, log_dir, initial_weights=weights)
 
 
 def run_fn(fn_args: FnArgs) -> None:
@@ -63,7 +82,8 @@ def run_fn(fn_args: FnArgs) -> None:
                                       tf_transform_output)
   logging.info('Trainer: %d train and %d eval examples, config %s',
                len(train_arrays.labels), len(eval_arrays.labels), cfg)
-  net = train(cfg, train_arrays, eval_arrays, fn_args.model_run_dir)
+  net = train_or_warm_start(cfg, train_arrays, eval_arrays, fn_args.model_run_dir,
+                            fn_args.custom_config.get(SERVED_MODEL_DIR_KEY))
   start = time.monotonic()
-  export.export_serving_model(net, tf_transform_output, fn_args.serving_model_dir)
+  export.export_serving_model(net, cfg, tf_transform_output, fn_args.serving_model_dir)
   logging.info('Trainer: exported the serving model in %.0f s', time.monotonic() - start)

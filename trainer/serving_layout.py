@@ -36,7 +36,8 @@ def versions(base: str, listdir: ListDir, isfile: IsFile) -> Dict[int, str]:
     names = [name.rstrip('/') for name in listdir(base)]
   except (FileNotFoundError, NotADirectoryError):
     return {}
-  folders = {int(name): f'{base.rstrip("/")}/{name}' for name in names if name.isdigit()}
+  folders = {int(name): f'{base.rstrip("/")}/{name}' for name in names
+             if name.isascii() and name.isdigit()}
   return {v: path for v, path in folders.items() if isfile(f'{path}/{SAVED_MODEL_FILE}')}
 
 
