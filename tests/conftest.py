@@ -1,5 +1,10 @@
-"""Shared fixtures: quiet TensorFlow, the shared MNIST copy, small generated IDX folders."""
+"""Shared fixtures: quiet TensorFlow, the shared MNIST copy, small generated IDX folders, a
+loopback download mirror."""
 
+import hashlib
+import http.server
+import threading
+from functools import partial
 from pathlib import Path
 
 from trainer import logs
@@ -40,3 +45,21 @@ def write_idx_folder(folder: Path, num_train: int, num_test: int, seed: int = 0,
 @pytest.fixture
 def small_idx_dir(tmp_path: Path) -> Path:
   return write_idx_folder(tmp_path / 'data', num_train=300, num_test=100)
+
+
+@pytest.fixture
+def mirror(tmp_path):
+  """Serves a small IDX folder on 127.0.0.1; records the paths requested."""
+  served = write_idx_folder(tmp_path / 'served', 40, 10)
+  requests = []
+
+  class Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+      requests.append(self.path)
+
+  server = http.server.ThreadingHTTPServer(
+      ('127.0.0.1', 0), partial(Handler, directory=str(served)))
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in served.iterdir()}
+  yield f'http://127.0.0.1:{server.server_port}/', md5, requests
+  server.shutdown()

@@ -214,5 +214,5 @@ def test_a_drifted_span_stops_the_run_and_nothing_served_changes(story):
   assert 'Sealed ' in output and 'into span 2' in output
   assert re.search(r'span 2: label: The Linfty distance between current and previous is '
                    r'[\d.]+ .*above the threshold 0.1', output), output[-4000:]
-  assert 'DriftCheck' in output and 'FAILED' in output
+  assert component_ids.DRIFT_CHECK in output and 'FAILED' in output
   assert story['after'] == story['before']

@@ -4,31 +4,12 @@ import gzip
 import hashlib
 import http.server
 import threading
-from functools import partial
 
 import pytest
 
 from components import download
 from trainer import idx
 from tests.conftest import write_idx_folder
-
-
-@pytest.fixture
-def mirror(tmp_path):
-  """Serves a small IDX folder on 127.0.0.1; records the paths requested."""
-  served = write_idx_folder(tmp_path / 'served', 40, 10)
-  requests = []
-
-  class Handler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-      requests.append(self.path)
-
-  server = http.server.ThreadingHTTPServer(
-      ('127.0.0.1', 0), partial(Handler, directory=str(served)))
-  threading.Thread(target=server.serve_forever, daemon=True).start()
-  md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in served.iterdir()}
-  yield f'http://127.0.0.1:{server.server_port}/', md5, requests
-  server.shutdown()
 
 
 def test_downloads_verifies_and_caches(mirror, tmp_path):

@@ -102,7 +102,7 @@ def test_images_root_paths_and_entrypoint_are_the_configured_ones(compiled):
     assert '--direct_running_mode=in_memory' in container['args'], task
   params = compiled.tasks[ids.EXAMPLE_GEN]['inputs']['parameters']
   assert params['input_base']['runtimeValue']['constant'] == str(compiled.data_dir)
-  pusher = compiled.tasks['Pusher']['inputs']['parameters']
+  pusher = compiled.tasks[ids.PUSHER]['inputs']['parameters']
   destination = json.loads(pusher['push_destination']['runtimeValue']['constant'])
   assert destination['filesystem']['base_directory'] == f'{SERVING_URI}/mnist'
 

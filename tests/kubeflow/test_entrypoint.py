@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from kubeflow import entrypoint
+from pipeline import component_ids as ids
 from tests.kubeflow.launcher import Launcher, tail
 
 EXAMPLES_SCHEMA = 'title: tfx.Examples\ntype: object\nproperties:\n  span:\n    type: integer\n'
@@ -27,15 +28,15 @@ def launcher(compiled, tmp_path_factory) -> Launcher:
 @pytest.fixture(scope='module')
 def example_gen(launcher):
   """The ExampleGen task, run once as its pod would run it."""
-  result = launcher.run('MnistExampleGen')
+  result = launcher.run(ids.EXAMPLE_GEN)
   assert result.returncode == 0, tail(result)
-  return launcher.executor_output('MnistExampleGen')
+  return launcher.executor_output(ids.EXAMPLE_GEN)
 
 
 def test_example_gen_pod_writes_its_examples_to_the_pipeline_root(launcher, example_gen):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   artifact = example_gen['artifacts']['examples']['artifacts'][0]
-  uri = launcher.output_uri('MnistExampleGen', 'examples')
+  uri = launcher.output_uri(ids.EXAMPLE_GEN, 'examples')
   assert uri.startswith('minio://mlpipeline/v2/artifacts/mnist/')
   assert artifact['uri'] == uri  # the launcher uploads from the mirror and records this
   metadata = artifact['metadata']
@@ -54,11 +55,11 @@ def test_downstream_pod_runs_with_the_types_the_open_source_driver_passes(
     launcher, example_gen):
   examples = Launcher.as_input(example_gen, 'examples', mlmd_id=11)
   assert examples['artifacts'][0]['type'] == {'instanceSchema': ''}
-  result = launcher.run('StatisticsGen', {'examples': examples})
+  result = launcher.run(ids.STATISTICS_GEN, {'examples': examples})
   assert result.returncode == 0, tail(result)
   assert 'type tfx.Examples restored' in result.stderr
-  artifact = launcher.executor_output('StatisticsGen')['artifacts']['statistics']['artifacts'][0]
-  assert artifact['uri'] == launcher.output_uri('StatisticsGen', 'statistics')
+  artifact = launcher.executor_output(ids.STATISTICS_GEN)['artifacts']['statistics']['artifacts'][0]
+  assert artifact['uri'] == launcher.output_uri(ids.STATISTICS_GEN, 'statistics')
   assert json.loads(artifact['metadata']['split_names']) == ['train', 'eval', 'test', 'holdout']
   assert list(launcher.local(artifact['uri']).glob('Split-train/FeatureStats.pb'))
 
@@ -70,7 +71,7 @@ def test_tfx_own_entrypoint_still_fails_on_that_input(launcher, example_gen):
   repair of artifact types can go."""
   from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor as tfx_entry  # pylint: disable=import-outside-toplevel
   examples = Launcher.as_input(example_gen, 'examples', mlmd_id=11)
-  args, beam_args = tfx_entry._parse_flags(launcher.args('StatisticsGen', {'examples': examples}))  # pylint: disable=protected-access
+  args, beam_args = tfx_entry._parse_flags(launcher.args(ids.STATISTICS_GEN, {'examples': examples}))  # pylint: disable=protected-access
   with pytest.raises(AttributeError, match="'NoneType' object has no attribute 'get'"):
     tfx_entry._run_executor(args, beam_args)  # pylint: disable=protected-access
 

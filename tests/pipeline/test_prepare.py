@@ -8,7 +8,6 @@ from PIL import Image
 
 from components import download
 from pipeline import configs, preflight
-from tests.components.test_download import mirror  # pylint: disable=unused-import
 from trainer import data_layout
 
 

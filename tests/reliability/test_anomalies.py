@@ -20,6 +20,7 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_artifacts
 
 from components import anomalies_gate, curated_schema
+from pipeline import component_ids as ids
 from pipeline import configs, pipeline, summary
 from tests.reliability.conftest import artifacts_of, executions_of, run_contexts
 from trainer import features
@@ -96,9 +97,9 @@ def stopped(tmp_path_factory):
 def test_the_run_fails_at_the_gate_before_training(stopped):
   config, _ = stopped
   ran = executions_of(config, run_contexts(config)[-1])
-  assert ran['ExampleValidator'].last_known_state == Execution.COMPLETE
-  assert ran['AnomaliesGate'].last_known_state == Execution.FAILED
-  for component_id in ('Transform', 'Trainer', 'Evaluator', 'Pusher'):
+  assert ran[ids.EXAMPLE_VALIDATOR].last_known_state == Execution.COMPLETE
+  assert ran[ids.ANOMALIES_GATE].last_known_state == Execution.FAILED
+  for component_id in (ids.TRANSFORM, ids.TRAINER, ids.EVALUATOR, ids.PUSHER):
     assert component_id not in ran, sorted(ran)
   assert not config.model_serving_dir.exists() or not list(config.model_serving_dir.iterdir())
 
@@ -134,7 +135,7 @@ def test_summary_lists_the_anomalies_and_says_the_run_stopped(stopped):
 def test_the_schema_checked_is_the_curated_file_not_one_inferred(stopped):
   config, _ = stopped
   run = executions_of(config, run_contexts(config)[-1])
-  [schema] = artifacts_of(config, run['ImportSchemaGen'].id, metadata_store_pb2.Event.OUTPUT)
+  [schema] = artifacts_of(config, run[ids.SCHEMA_GEN].id, metadata_store_pb2.Event.OUTPUT)
   imported = Path(schema.uri, 'schema.pbtxt').read_text()
   assert imported == configs.CURATED_SCHEMA.read_text()
   assert 'SchemaGen' not in run  # nothing infers a schema from the data it checks
@@ -143,7 +144,7 @@ def test_the_schema_checked_is_the_curated_file_not_one_inferred(stopped):
 def test_warn_only_reports_and_lets_the_run_go_on(stopped, caplog):
   config, _ = stopped
   [anomalies] = artifacts_of(config, executions_of(config, run_contexts(config)[-1])
-                             ['ExampleValidator'].id, metadata_store_pb2.Event.OUTPUT)
+                             [ids.EXAMPLE_VALIDATOR].id, metadata_store_pb2.Event.OUTPUT)
   artifact = standard_artifacts.ExampleAnomalies()
   artifact.set_mlmd_artifact(anomalies)
   assert len(anomalies_gate.check(artifact, warn_only=True)) >= 6
@@ -158,7 +159,7 @@ def test_warn_only_reports_and_lets_the_run_go_on(stopped, caplog):
                               components=[examples, *validation, downstream],
                               enable_cache=True, beam_pipeline_args=warn.beam_pipeline_args()))
   ran = executions_of(warn, run_contexts(warn)[-1])
-  assert ran['AnomaliesGate'].last_known_state == Execution.COMPLETE
+  assert ran[ids.ANOMALIES_GATE].last_known_state == Execution.COMPLETE
   assert ran['Downstream'].last_known_state == Execution.COMPLETE
 
 

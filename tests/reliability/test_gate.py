@@ -21,6 +21,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from trainer import idx
+from pipeline import component_ids as ids
 from pipeline import pipeline, summary
 from serving import process
 from tests.reliability.conftest import (MODEL_NAME, artifacts_of, executions_of,
@@ -80,7 +81,7 @@ def test_worse_candidate_is_not_blessed_not_pushed_and_nothing_served_changes(
   assert result.baseline_accuracy == pytest.approx(blessed_run.test_accuracy, abs=1e-6)
   assert result.blessed is False and result.pushed_to is None
   assert result.test_accuracy < blessed_run.test_accuracy
-  [pushed] = artifacts_of(config, run['Pusher'].id, metadata_store_pb2.Event.OUTPUT)
+  [pushed] = artifacts_of(config, run[ids.PUSHER].id, metadata_store_pb2.Event.OUTPUT)
   assert pushed.custom_properties['pushed'].int_value == 0
 
   # The summary says why: metric, value and bound.
