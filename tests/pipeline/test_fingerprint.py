@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from pipeline import fingerprint
 from pipeline.pipeline import PREPROCESSING_MODULE, RUN_MODULE
 
@@ -34,18 +36,12 @@ def test_closures_hold_what_each_component_runs():
   assert 'trainer.preprocessing' not in training
 
 
-def test_a_schedule_edit_changes_the_trainer_key_only(tmp_path):
+@pytest.mark.parametrize('edited', ['schedules.py', 'hparams.py', 'model.py'])
+def test_training_code_and_hyperparameter_definitions_change_the_trainer_key_only(
+    tmp_path, edited):
   root = _copy_trainer(tmp_path)
   transform, trainer = _keys(root)
-  _append(root / 'trainer' / 'schedules.py')
-  new_transform, new_trainer = _keys(root)
-  assert new_transform == transform and new_trainer != trainer
-
-
-def test_hyperparameter_definitions_change_the_trainer_key(tmp_path):
-  root = _copy_trainer(tmp_path)
-  transform, trainer = _keys(root)
-  _append(root / 'trainer' / 'hparams.py')
+  _append(root / 'trainer' / edited)
   new_transform, new_trainer = _keys(root)
   assert new_transform == transform and new_trainer != trainer
 
