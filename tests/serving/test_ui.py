@@ -25,6 +25,7 @@ from aiohttp import web
 from PIL import Image
 
 from serving import process, ui
+from tests.serving import browser
 from tests.serving.helpers import call
 from trainer import data_layout, mnist_image
 
@@ -225,3 +226,16 @@ def test_python_m_serving_ui_runs_on_its_own(server, tmp_path):
     ui_process.send_signal(signal.SIGTERM)
     assert ui_process.wait(10) == 0, log_path.read_text()
   assert 'Traceback' not in log_path.read_text()
+
+
+def test_chromium_set_up_installs_or_skips_saying_why(monkeypatch, tmp_path):
+  said = []
+  monkeypatch.setattr(browser, 'CHROMIUM', str(tmp_path / 'chromium'))
+  monkeypatch.setattr(browser, 'INSTALL', (['true'], ['false']))
+  with pytest.raises(pytest.skip.Exception, match=r'`false` failed \(exit 1\), so no .*chromium'):
+    browser.ensure_chromium(said.append)
+  monkeypatch.setattr(browser, 'INSTALL', (['true'],))
+  with pytest.raises(pytest.skip.Exception, match='`true` succeeded but left no'):
+    browser.ensure_chromium(said.append)
+  assert said == [f'[browser tests] {tmp_path}/chromium is missing; running: {c}'
+                  for c in ('true', 'false', 'true')]
