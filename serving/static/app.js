@@ -5,7 +5,7 @@
 'use strict';
 
 const PEN_WIDTH = 18;      // canvas pixels of 280: MNIST's stroke once fitted into 20x20
-const DEBOUNCE_MS = 150;   // predict this long after the pen last moved
+const DEBOUNCE_MS = 150;   // predict this long after the pen last moved or lifted
 const MODEL_REFRESH_MS = 30000;
 
 const $ = (id) => document.getElementById(id);
@@ -85,11 +85,7 @@ pad.addEventListener('pointermove', (event) => {
 });
 
 for (const type of ['pointerup', 'pointercancel']) {
-  pad.addEventListener(type, () => {
-    if (!pen) return;
-    pen = null;
-    schedule(0);
-  });
+  pad.addEventListener(type, () => { pen = null; });
 }
 
 function drawn() {
