@@ -30,6 +30,9 @@ def parse_args(argv: Optional[List[str]] = None) -> ServerConfig:
   parser.add_argument('--inference-threads', type=int, default=4)
   parser.add_argument('--ready-file', type=Path,
                       help='write {"rest_port", "grpc_port", "pid"} here once serving')
+  parser.add_argument('--data-dir', type=Path,
+                      help="the page's corrections go to <data-dir>/incoming/<label>/ "
+                           '(none: corrections off)')
   parser.add_argument('--log-level', default='INFO')
   args = parser.parse_args(argv)
   logging.basicConfig(level=args.log_level.upper(), format='%(asctime)s %(levelname)s %(message)s',
@@ -39,7 +42,8 @@ def parse_args(argv: Optional[List[str]] = None) -> ServerConfig:
       host=args.host, rest_port=args.rest_port, grpc_port=args.grpc_port,
       model_config_file=args.model_config_file, poll_seconds=args.poll_seconds,
       max_body_bytes=args.max_body_bytes, max_batch_size=args.max_batch_size,
-      inference_threads=args.inference_threads, ready_file=args.ready_file)
+      inference_threads=args.inference_threads, ready_file=args.ready_file,
+      data_dir=args.data_dir.expanduser().absolute() if args.data_dir else None)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -58,6 +58,7 @@ class ServerConfig:
   max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
   inference_threads: int = 4
   ready_file: Optional[Path] = None        # written with the bound ports once serving
+  data_dir: Optional[Path] = None          # the page's corrections go to <data_dir>/incoming/
 
   @property
   def base_path(self) -> Path:

@@ -14,7 +14,7 @@ import re
 import urllib.parse
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from aiohttp import web
 from google.protobuf import json_format
@@ -83,9 +83,11 @@ class RestApi:
     self.max_body_bytes = max_body_bytes
     self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix='rest-infer')
 
-  def app(self) -> web.Application:
+  def app(self, routes: Sequence[web.AbstractRouteDef] = ()) -> web.Application:
+    """`routes` (the page's) are matched before the API's catch-all."""
     # aiohttp's own size check is a backstop; handle() answers 413 first, as JSON.
     app = web.Application(client_max_size=self.max_body_bytes + 1)
+    app.router.add_routes(routes)
     app.router.add_route('*', '/{tail:.*}', self.handle)
     app.on_cleanup.append(self._shutdown)
     return app

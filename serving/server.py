@@ -18,7 +18,7 @@ from typing import Optional
 
 from aiohttp import web
 
-from serving import grpc_service, rest
+from serving import grpc_service, rest, ui
 from serving.config import ModelConfigWatcher, ServerConfig
 from serving.models import ModelManager
 from serving.servable import Servable
@@ -63,7 +63,9 @@ async def serve(config: ServerConfig) -> None:
       manager, config.host, config.grpc_port, config.max_body_bytes,
       max(2 * config.inference_threads, 4))
   api = rest.RestApi(manager, config.max_body_bytes, config.inference_threads)
-  runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+  page = ui.Page(config.model_name, config.data_dir,
+                 on_correction=None)  # MERGE: on_correction=metrics.count_correction
+  runner = web.AppRunner(api.app(page.routes()), access_log=None, handle_signals=False)
   await runner.setup()
   sock = _bind(config.host, config.rest_port)
   await web.SockSite(runner, sock).start()
