@@ -26,6 +26,8 @@ from ml_metadata.proto import metadata_store_pb2
 from PIL import Image
 
 from pipeline import component_ids, configs, summary
+from serving import process
+from tests.serving import browser
 from trainer import serving_layout as layout
 from trainer import data_layout, features, idx
 
@@ -161,7 +163,32 @@ def _run_writing_during(env, when: str, write) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope='module')
-def story(runs, data_dir, mnist_dir):
+def page_correction(runs, data_dir, mnist_dir, request):
+  """A person draws a test digit on the page served beside run 1's model and sends its
+  label as a correction: the loop from the page back into training data."""
+  config = runs[0]
+  capture = request.config.pluginmanager.getplugin('capturemanager')
+  with capture.global_and_fixture_disabled():  # CI's log shows an install as it happens
+    chromium = browser.ensure_chromium(print)
+  sync_api = pytest.importorskip('playwright.sync_api', reason='playwright is not installed')
+  test = idx.load_source(mnist_dir, 'test', 10)
+  drawn, label = test.images[3], int(test.labels[3])
+  with process.start_server(Path(config.serving_dir), config.model_name,
+                            args=['--data-dir', str(data_dir)]) as server, \
+      sync_api.sync_playwright() as playwright:
+    chrome = playwright.chromium.launch(executable_path=chromium, args=browser.ARGS)
+    page = browser.open_page(chrome, server.rest_url + '/')
+    browser.draw_with_mouse(page, drawn)
+    browser.predicted(page)
+    page.keyboard.press(str(label))  # "That's wrong, it was: <label>"
+    page.locator('#feedback.saved').wait_for()
+    chrome.close()
+  [stored] = (data_dir / data_layout.INCOMING_DIR / str(label)).iterdir()
+  return label, stored.name
+
+
+@pytest.fixture(scope='module')
+def story(runs, data_dir, mnist_dir, page_correction):
   config, _, _, env = runs
   served = config.model_serving_dir
   first_version = layout.latest_version(served)
@@ -182,14 +209,19 @@ def story(runs, data_dir, mnist_dir):
   before = _tree(served)
   drifted = subprocess.run([sys.executable, '-m', 'pipeline', 'run'], cwd=configs.REPO_ROOT,
                            env=longer, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+  lineage = subprocess.run([sys.executable, '-m', 'pipeline', 'lineage', second_version.name],
+                           cwd=configs.REPO_ROOT, env=env, capture_output=True, text=True,
+                           timeout=RUN_TIMEOUT)
   return {'config': config, 'first': first_version, 'second': second_version,
+          'lineage': lineage, 'data_dir': data_dir,
           'good': good.stdout, 'waiting': waiting, 'late': len(sevens), 'before': before,
           'drifted': drifted, 'after': _tree(served)}
 
 
 def test_a_new_span_is_sealed_trained_on_and_pushed_with_its_record(story):
   assert 'Sealed ' in story['good'] and 'into span 1' in story['good']
-  assert 'MNIST ExampleGen: span 1: 540 train, 60 holdout' in story['good']
+  # The 600 images written to incoming/ and the page's correction.
+  assert 'MNIST ExampleGen: span 1: 541 train, 60 holdout' in story['good']
   assert story['second'] != story['first']
   record = json.loads((story['second'] / layout.EVALUATION_RECORD).read_text())
   assert record['spans'] == [1] and record['version'] == int(story['second'].name)
@@ -202,6 +234,18 @@ def test_a_new_span_is_sealed_trained_on_and_pushed_with_its_record(story):
                             run_id=_runs_in_order(story['config'])[2].run_id)
   assert result.blessed is True and result.baseline_version == story['first'].name
   assert result.test_accuracy == pytest.approx(metrics['test_accuracy'])
+
+
+def test_a_correction_sent_from_the_page_is_in_the_pushed_models_lineage(story,
+                                                                         page_correction):
+  label, name = page_correction
+  manifest = data_layout.read_manifest(story['data_dir'] / data_layout.SPANS_DIR / '1')
+  assert f'{label}/{name}' in json.dumps(manifest)
+  lineage = story['lineage']
+  assert lineage.returncode == 0, lineage.stderr
+  assert f'Model mnist version {story["second"].name}' in lineage.stdout
+  assert re.search(r'spans:\s+base\+1\b', lineage.stdout), lineage.stdout
+  assert re.search(rf'baseline:.*\b{story["first"].name}\b', lineage.stdout), lineage.stdout
 
 
 def test_images_written_during_a_run_wait_for_the_next_span(story):
