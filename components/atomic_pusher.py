@@ -39,12 +39,13 @@ from tfx import types
 from tfx.components.pusher import executor as pusher_executor
 from tfx.components.pusher.component import Pusher
 from tfx.dsl.components.base import base_component, executor_spec
+from tfx.dsl.io import fileio
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import io_utils, json_utils, proto_utils
 
-from components.served_baseline import BASELINE_VERSION_KEY
+from components.served_baseline import BASELINE_VERSION_KEY, served_version
 from trainer.serving_layout import (EVALUATION_RECORD, PUSHER_FILES, STAGING_PREFIX,
                                     latest_version, next_version)
 
@@ -103,7 +104,8 @@ def push_atomically(source: str, base: Path, now: float | None = None,
 
 
 class Executor(pusher_executor.Executor):
-  """TFX's Pusher executor, with the filesystem push made atomic on local paths."""
+  """TFX's Pusher executor: the push made atomic on local paths, refused when the served
+  version is no longer the one the candidate was compared with, the record written."""
 
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]],
@@ -111,37 +113,51 @@ class Executor(pusher_executor.Executor):
     destination = pusher_pb2.PushDestination()
     proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY],
                               destination)
-    base = destination.filesystem.base_directory
-    if destination.WhichOneof('destination') != 'filesystem' or '://' in base:
-      # Object stores have no atomic folder rename: TFX's own push (saved_model.pb last).
+    if destination.WhichOneof('destination') != 'filesystem':
       return super().Do(input_dict, output_dict, exec_properties)
+    base = destination.filesystem.base_directory
     model_push = artifact_utils.get_single_instance(
         output_dict[standard_component_specs.PUSHED_MODEL_KEY])
     if not self.CheckBlessing(input_dict):
       self._MarkNotPushed(model_push)
       return None
-    model_path = self.GetModelPath(input_dict)
     blessing = artifact_utils.get_single_instance(
         input_dict[standard_component_specs.MODEL_BLESSING_KEY])
-    latest = latest_version(Path(base))
     compared_with = blessing.get_string_custom_property(BASELINE_VERSION_KEY)
+    served = served_version(base)
+    record = evaluation_record(blessing, exec_properties.get(RECORD_KEY) or '{}',
+                               self._context.pipeline_run_id if self._context else None)
+    model_path = self.GetModelPath(input_dict)
+    if '://' in base:
+      # Object stores have no atomic folder rename: TFX's own push (saved_model.pb last),
+      # then the record beside it.
+      if str(served or '') != compared_with:
+        return self._refuse(model_push, compared_with, served)
+      super().Do(input_dict, output_dict, exec_properties)
+      version = model_push.get_string_custom_property('pushed_version')
+      if version:
+        with fileio.open(f'{base.rstrip("/")}/{version}/{EVALUATION_RECORD}', 'w') as f:
+          f.write(json.dumps({**record, 'version': int(version)}, indent=2, sort_keys=True))
+      return None
+    latest = latest_version(Path(base))
     if latest and '://' not in model_path and same_files(Path(model_path), latest):
       target = latest
       logging.info('Model already served as version %s; not pushed again.', target.name)
-    elif (latest.name if latest else '') != compared_with:
-      logging.warning('Not pushed: the Evaluator compared the candidate with served version '
-                      '%s, but %s is served now; the next run compares with it.',
-                      compared_with or '(none)', latest.name if latest else '(none)')
-      self._MarkNotPushed(model_push)
-      return None
+    elif str(served or '') != compared_with:
+      return self._refuse(model_push, compared_with, served)
     else:
-      record = evaluation_record(blessing, exec_properties.get(RECORD_KEY) or '{}',
-                                 self._context.pipeline_run_id if self._context else None)
       target = push_atomically(model_path, Path(base), record=record)
       logging.info('Model written to serving path %s.', target)
     io_utils.copy_dir(model_path, model_push.uri)  # the archive copy TFX keeps
     self._MarkPushed(model_push, pushed_destination=str(target), pushed_version=target.name)
     return None
+
+  def _refuse(self, model_push: types.Artifact, compared_with: str,
+              served: int | None) -> None:
+    logging.warning('Not pushed: the Evaluator compared the candidate with served version '
+                    '%s, but %s is served now; the next run compares with it.',
+                    compared_with or '(none)', served or '(none)')
+    self._MarkNotPushed(model_push)
 
 
 def evaluation_record(blessing: types.Artifact, fixed: str,

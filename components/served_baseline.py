@@ -46,9 +46,16 @@ ACCURACY = 'sparse_categorical_accuracy'
 CANDIDATE, BASELINE = 'candidate', 'baseline'  # TFMA's model names with a baseline
 
 
+def _listdir(path: str) -> List[str]:
+  try:
+    return fileio.listdir(path)
+  except fileio.NotFoundError as e:  # object stores' "no such folder"
+    raise FileNotFoundError(path) from e
+
+
 def served_version(serving_dir: str) -> Optional[int]:
   """The version TF Serving serves from `serving_dir` (local path or URI), if any."""
-  return max(layout.versions(serving_dir, fileio.listdir, fileio.exists), default=None)
+  return max(layout.versions(serving_dir, _listdir, fileio.exists), default=None)
 
 
 class ServedBaselineEvaluatorSpec(standard_component_specs.EvaluatorSpec):

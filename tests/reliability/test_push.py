@@ -10,6 +10,7 @@ shows the watcher does see half-written versions when they exist.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import threading
 import time
@@ -24,6 +25,7 @@ from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
 from components import atomic_pusher
+from trainer.serving_layout import EVALUATION_RECORD, PUSHER_FILES
 from pipeline import preflight
 
 Listing = Set[Tuple[str, int]]
@@ -41,10 +43,13 @@ def fake_model(folder: Path, files: int = 30) -> Listing:
 
 
 def listing(folder: Path) -> Listing:
+  """The model's files and sizes (not the record the Pusher adds beside them)."""
   result = set()
   for root, _, names in os.walk(folder):
     for name in names:
       path = os.path.join(root, name)
+      if os.path.relpath(path, folder) in PUSHER_FILES:
+        continue
       try:
         result.add((os.path.relpath(path, folder), os.stat(path).st_size))
       except FileNotFoundError:
@@ -52,18 +57,29 @@ def listing(folder: Path) -> Listing:
   return result
 
 
-def run_pusher(executor_class, model_dir: Path, base: Path, out: Path) -> None:
+def run_pusher(executor_class, model_dir: Path, base: Path, out: Path,
+               compared_with: str | None = None) -> standard_artifacts.PushedModel:
+  """A blessed model pushed to `base`; the blessing names the served version the Evaluator
+  compared it with (default: the one served now, as after an evaluation just before)."""
   model = standard_artifacts.Model()
   model.uri = str(model_dir)
   blessing = standard_artifacts.ModelBlessing()
   blessing.set_int_custom_property('blessed', 1)
+  if compared_with is None:
+    served = atomic_pusher.latest_version(base) if base.exists() else None
+    compared_with = served.name if served else ''
+  blessing.set_string_custom_property('baseline_version', compared_with)
+  blessing.set_float_custom_property('candidate_accuracy', 0.98)
+  blessing.set_string_custom_property('spans', '[1, 2]')
   pushed = standard_artifacts.PushedModel()
   pushed.uri = str(out)
   destination = pusher_pb2.PushDestination(
       filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=str(base)))
   executor_class().Do({'model': [model], 'model_blessing': [blessing]},
                       {'pushed_model': [pushed]},
-                      {'push_destination': proto_utils.proto_to_json(destination)})
+                      {'push_destination': proto_utils.proto_to_json(destination),
+                       atomic_pusher.RECORD_KEY: '{"pipeline_name": "mnist"}'})
+  return pushed
 
 
 class Watcher(threading.Thread):
@@ -188,3 +204,28 @@ def test_the_model_already_served_is_not_pushed_again(tmp_path):
   next(variables.iterdir()).write_bytes(os.urandom(20_000))  # a different model
   run_pusher(atomic_pusher.Executor, tmp_path / 'model', base, tmp_path / 'out3')
   assert len(list(base.iterdir())) == 2 and atomic_pusher.latest_version(base) != first
+
+
+def test_each_push_carries_its_evaluation_record(tmp_path):
+  fake_model(tmp_path / 'model')
+  base = tmp_path / 'serving' / 'mnist'
+  run_pusher(atomic_pusher.Executor, tmp_path / 'model', base, tmp_path / 'out')
+  [version] = list(base.iterdir())
+  record = json.loads((version / EVALUATION_RECORD).read_text())
+  assert record['version'] == int(version.name) and record['pipeline_name'] == 'mnist'
+  assert record['spans'] == [1, 2] and record['metrics']['test_accuracy'] == 0.98
+  assert record['metrics']['baseline_version'] is None  # nothing was served before
+
+
+def test_a_candidate_compared_with_another_served_version_is_not_pushed(tmp_path):
+  """Another version was pushed after the Evaluator compared this candidate with the one
+  served then: its verdict says nothing about the new one."""
+  fake_model(tmp_path / 'model')
+  base = tmp_path / 'serving' / 'mnist'
+  run_pusher(atomic_pusher.Executor, tmp_path / 'model', base, tmp_path / 'out1')
+  [served] = list(base.iterdir())
+  fake_model(tmp_path / 'other')
+  pushed = run_pusher(atomic_pusher.Executor, tmp_path / 'other', base, tmp_path / 'out2',
+                      compared_with='')  # evaluated when nothing was served yet
+  assert list(base.iterdir()) == [served]
+  assert pushed.get_int_custom_property('pushed') == 0
