@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from serving.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BODY_BYTES, ServerConfig
+from serving.limits import DEFAULT_MAX_INPUT_BYTES
 
 
 def parse_args(argv: Optional[List[str]] = None) -> ServerConfig:
@@ -30,7 +31,10 @@ def parse_args(argv: Optional[List[str]] = None) -> ServerConfig:
   parser.add_argument('--poll-seconds', type=float, default=1.0,
                       help='how often to look for new versions and config changes')
   parser.add_argument('--max-body-bytes', type=int, default=DEFAULT_MAX_BODY_BYTES)
-  parser.add_argument('--max-batch-size', type=int, default=DEFAULT_MAX_BATCH_SIZE)
+  parser.add_argument('--max-batch-size', type=int, default=DEFAULT_MAX_BATCH_SIZE,
+                      help='largest batch one request may send (default 0: no cap)')
+  parser.add_argument('--max-input-bytes', type=int, default=DEFAULT_MAX_INPUT_BYTES,
+                      help='largest decoded size of one request\'s input tensors')
   parser.add_argument('--inference-threads', type=int, default=4)
   parser.add_argument('--ready-file', type=Path,
                       help='write {"rest_port", "grpc_port", "pid"} here once serving')
@@ -43,6 +47,7 @@ def parse_args(argv: Optional[List[str]] = None) -> ServerConfig:
       host=args.host, rest_port=args.rest_port, grpc_port=args.grpc_port,
       model_config_file=args.model_config_file, poll_seconds=args.poll_seconds,
       max_body_bytes=args.max_body_bytes, max_batch_size=args.max_batch_size,
+      max_input_bytes=args.max_input_bytes,
       inference_threads=args.inference_threads, ready_file=args.ready_file)
 
 

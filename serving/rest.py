@@ -21,6 +21,7 @@ from google.protobuf import json_format
 
 from serving import codec
 from serving.errors import ServingError, invalid, too_large
+from serving.limits import STRING_ELEMENT_BYTES, check_json_inputs
 from serving.models import ModelManager, VersionStatus
 from serving.servable import Servable
 
@@ -142,10 +143,13 @@ class RestApi:
     servable = self.manager.resolve(name, version, label or None)
     if verb == 'predict':
       sig = servable.signature(signature_name)
+      specs = {k: (STRING_ELEMENT_BYTES if info.is_string else info.numpy_dtype.itemsize,
+                   info.shape) for k, info in sig.inputs.items()}
       inputs, row_format = codec.predict_inputs(
-          doc, {k: info.numpy_dtype for k, info in sig.inputs.items()})
+          doc, {k: info.numpy_dtype for k, info in sig.inputs.items()},
+          lambda values: check_json_inputs(values, specs, servable.limits))
       return codec.predict_response(servable.predict(signature_name, inputs), row_format)
-    examples = codec.examples(doc)
+    examples = codec.examples(doc, servable.limits)
     if verb == 'classify':
       return codec.classify_response(*servable.classify(signature_name, examples))
     return codec.regress_response(servable.regress(signature_name, examples))

@@ -21,6 +21,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 
 from serving.errors import ServingError, invalid
 from serving.layout import SAVED_MODEL_FILE
+from serving.limits import Limits, check_examples, check_shape, dtype_name
 from trainer import features
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,14 @@ class TensorInfo:
     return self.dtype == tf.string
 
   @property
+  def datatype(self) -> int:
+    """The DataType enum, as a TensorProto's `dtype` field holds it."""
+    return self.dtype.as_datatype_enum
+
+  @property
   def numpy_dtype(self) -> np.dtype:
     return np.dtype(object) if self.is_string else np.dtype(self.dtype.as_numpy_dtype)
 
-  def shape_text(self) -> str:
-    return '[?]' if self.shape is None else '[' + ','.join(
-        '-1' if d is None else str(d) for d in self.shape) + ']'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,28 +77,31 @@ class Signature:
 def _dtype_name(dtype: np.dtype) -> str:
   if dtype.kind in 'OSU':
     return 'DT_STRING'
-  return 'DT_' + tf.dtypes.as_dtype(dtype).name.upper()
+  return dtype_name(tf.dtypes.as_dtype(dtype).as_datatype_enum)
 
 
 def _shape_text(shape: Sequence[int]) -> str:
   return '[' + ','.join(str(d) for d in shape) + ']'
 
 
-def _check_input(name: str, value: np.ndarray, info: TensorInfo, max_batch: int) -> None:
+def check_input_names(sig: Signature, names: Iterable[str]) -> None:
+  """TF Serving's message when the request's input names differ from the signature's."""
+  sent, want = set(names), set(sig.inputs)
+  if sent != want:
+    raise invalid(
+        f'input size does not match signature: {len(sent)}!={len(want)} '
+        f'len({{{",".join(sorted(sent))}}}) != len({{{",".join(sorted(want))}}}). '
+        f'Sent extra: {{{",".join(sorted(sent - want))}}}. '
+        f'Missing but required: {{{",".join(sorted(want - sent))}}}.')
+
+
+def _check_input(name: str, value: np.ndarray, info: TensorInfo, limits: Limits) -> None:
   expected_kind = 'OSU' if info.is_string else None
   if (expected_kind and value.dtype.kind not in expected_kind) or (
       not expected_kind and value.dtype != info.numpy_dtype):
     raise invalid(f'Input "{name}" expects {_dtype_name(info.numpy_dtype)} but '
                   f'{_dtype_name(value.dtype)} was provided')
-  if info.shape is not None:
-    compatible = value.ndim == len(info.shape) and all(
-        want is None or want == got for want, got in zip(info.shape, value.shape))
-    if not compatible:
-      raise invalid(f'Input "{name}" has shape {_shape_text(value.shape)} but the signature '
-                    f'expects {info.shape_text()} (-1: any size)')
-  if value.ndim and value.shape[0] > max_batch:
-    raise invalid(f'Batch size {value.shape[0]} of input "{name}" exceeds the server\'s '
-                  f'maximum batch size of {max_batch}')
+  check_shape(name, value.shape, info.shape, limits)
   if value.dtype.kind == 'f' and not np.isfinite(value).all():
     raise invalid(f'Input "{name}" holds NaN or infinite values')
   if name == features.PIXELS_INPUT and value.size and (
@@ -118,19 +124,19 @@ class Servable:
   """A loaded SavedModel version: its SignatureDefs (for metadata) and callable signatures."""
 
   def __init__(self, name: str, version: int, path: Path, meta_graph: meta_graph_pb2.MetaGraphDef,
-               signatures: Mapping[str, Signature], max_batch_size: int, keepalive: object = None):
+               signatures: Mapping[str, Signature], limits: Limits, keepalive: object = None):
     self.name = name
     self.version = version
     self.path = path
     self.signatures = dict(signatures)
-    self.max_batch_size = max_batch_size
+    self.limits = limits
     self.signature_def_map = get_model_metadata_pb2.SignatureDefMap()
     for key, sig_def in meta_graph.signature_def.items():
       self.signature_def_map.signature_def[key].CopyFrom(sig_def)
     self._keepalive = keepalive  # the loaded object owns the variables the functions use
 
   @classmethod
-  def load(cls, name: str, version: int, path: Path, max_batch_size: int) -> 'Servable':
+  def load(cls, name: str, version: int, path: Path, limits: Limits) -> 'Servable':
     """Loads and warms up one version; raises on anything incomplete or unreadable."""
     start = time.monotonic()
     saved_model = saved_model_pb2.SavedModel.FromString((Path(path) / SAVED_MODEL_FILE).read_bytes())
@@ -146,7 +152,7 @@ class Servable:
           key, sig_def.method_name,
           {k: TensorInfo.from_proto(v) for k, v in sig_def.inputs.items()},
           {k: TensorInfo.from_proto(v) for k, v in sig_def.outputs.items()}, fn)
-    servable = cls(name, version, Path(path), meta_graph, signatures, max_batch_size, loaded)
+    servable = cls(name, version, Path(path), meta_graph, signatures, limits, loaded)
     servable.warm_up()
     log.info('Loaded %s version %d from %s in %.1fs (signatures: %s)', name, version, path,
              time.monotonic() - start, ', '.join(sorted(signatures)))
@@ -181,15 +187,9 @@ class Servable:
   def predict(self, signature_name: str, inputs: Mapping[str, np.ndarray],
               output_filter: Iterable[str] = ()) -> Dict[str, np.ndarray]:
     sig = self.signature(signature_name)
-    if set(inputs) != set(sig.inputs):
-      sent, want = set(inputs), set(sig.inputs)
-      raise invalid(
-          f'input size does not match signature: {len(sent)}!={len(want)} '
-          f'len({{{",".join(sorted(sent))}}}) != len({{{",".join(sorted(want))}}}). '
-          f'Sent extra: {{{",".join(sorted(sent - want))}}}. '
-          f'Missing but required: {{{",".join(sorted(want - sent))}}}.')
+    check_input_names(sig, inputs)
     for key, value in inputs.items():
-      _check_input(key, value, sig.inputs[key], self.max_batch_size)
+      _check_input(key, value, sig.inputs[key], self.limits)
     wanted = list(output_filter) or list(sig.outputs)
     unknown = [k for k in wanted if k not in sig.outputs]
     if unknown:
@@ -210,9 +210,7 @@ class Servable:
       raise invalid('Expected one input Tensor of serialized tf.Examples.')
     if not serialized:
       raise invalid('Invalid argument: Input is empty.')
-    if len(serialized) > self.max_batch_size:
-      raise invalid(f'Batch size {len(serialized)} exceeds the server\'s maximum batch size '
-                    f'of {self.max_batch_size}')
+    check_examples(len(serialized), sum(len(e) for e in serialized), 0, self.limits)
     examples = np.array(serialized, dtype=object)
     return sig, self._run(sig, {next(iter(sig.inputs)): examples})
 

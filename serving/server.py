@@ -30,7 +30,7 @@ def make_manager(config: ServerConfig) -> ModelManager:
   watcher = ModelConfigWatcher(config.model_config_file, config.model_name)
   return ModelManager(
       config.model_name, config.base_path, watcher.current,
-      lambda name, version, path: Servable.load(name, version, path, config.max_batch_size))
+      lambda name, version, path: Servable.load(name, version, path, config.limits))
 
 
 def _bind(host: str, port: int) -> socket.socket:
