@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from concurrent import futures
 from typing import Any, Callable, Optional, Tuple
 
@@ -18,6 +19,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc, regression_pb2)
 
+from serving import metrics
 from serving.errors import ServingError, invalid
 from serving.models import ModelManager
 from serving.servable import Servable
@@ -26,6 +28,7 @@ from serving.tensors import examples, predict_inputs, to_tensor_proto
 log = logging.getLogger(__name__)
 
 SIGNATURE_DEF_FIELD = 'signature_def'
+RECORDED_APIS = ('Predict', 'Classify', 'Regress')
 
 
 def _spec(spec: model_pb2.ModelSpec) -> Tuple[str, Optional[int], Optional[str]]:
@@ -40,15 +43,26 @@ def _response_spec(servable: Servable, signature_name: str) -> model_pb2.ModelSp
 
 
 def _aborts_on_error(method: Callable[..., Any]) -> Callable[..., Any]:
+  """Maps errors to their status; Predict, Classify and Regress are counted and timed in
+  the metrics, as TF Serving does (API label = the method name, entrypoint GRPC)."""
+  recorded = method.__name__ in RECORDED_APIS
+
   @functools.wraps(method)
   def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    start = time.perf_counter()
+    code, message = grpc.StatusCode.OK, ''
     try:
       return method(self, request, context)
     except ServingError as e:
-      context.abort(e.code, e.message)
+      code, message = e.code, e.message
     except Exception as e:  # pylint: disable=broad-except
       log.exception('Internal error in %s', method.__name__)
-      context.abort(grpc.StatusCode.INTERNAL, f'{type(e).__name__}: {e}')
+      code, message = grpc.StatusCode.INTERNAL, f'{type(e).__name__}: {e}'
+    finally:
+      if recorded:
+        metrics.record_request(request.model_spec.name, method.__name__, 'GRPC', code.name,
+                               time.perf_counter() - start)
+    context.abort(code, message)
   return wrapper
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import urllib.parse
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from typing import Any, Dict, List, Optional
 from aiohttp import web
 from google.protobuf import json_format
 
-from serving import codec
+from serving import codec, metrics
 from serving.errors import ServingError, invalid, too_large
 from serving.limits import STRING_ELEMENT_BYTES, check_json_inputs
 from serving.models import ModelManager, VersionStatus
@@ -77,11 +78,16 @@ def error_response(error: ServingError) -> web.Response:
 
 
 class RestApi:
-  """The request handlers; `app()` wires them into an aiohttp application."""
+  """The request handlers; `app()` wires them into an aiohttp application.
 
-  def __init__(self, manager: ModelManager, max_body_bytes: int, threads: int):
+  With `inline=False` (server-side batching) every inference request waits in a worker
+  thread, since its batch may take a while to fill; the event loop never blocks."""
+
+  def __init__(self, manager: ModelManager, max_body_bytes: int, threads: int,
+               inline: bool = True):
     self.manager = manager
     self.max_body_bytes = max_body_bytes
+    self.inline_max_body = INLINE_MAX_BODY if inline else -1
     self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix='rest-infer')
 
   def app(self) -> web.Application:
@@ -98,14 +104,10 @@ class RestApi:
     path = request.rel_url.raw_path
     try:
       if request.method == 'POST' and (match := PREDICT_PATH.fullmatch(path)):
-        name, version, label, verb = match.groups()
-        body = await self._read_body(request)
-        call = (self.infer, verb.lower(), urllib.parse.unquote(name), _parse_version(version),
-                urllib.parse.unquote(label or ''), body)
-        if len(body) <= INLINE_MAX_BODY:
-          return _json(200, call[0](*call[1:]))
-        payload = await asyncio.get_running_loop().run_in_executor(self.pool, *call)
-        return _json(200, payload)
+        return await self._infer(request, *match.groups())
+      if request.method == 'GET' and path == metrics.PATH:
+        return web.Response(body=metrics.exposition(),
+                            headers={'Content-Type': metrics.CONTENT_TYPE})
       if request.method == 'GET' and (match := STATUS_PATH.fullmatch(path)):
         name, version, label, metadata = match.groups()
         if not name:
@@ -124,6 +126,29 @@ class RestApi:
     except Exception as e:  # pylint: disable=broad-except
       log.exception('Internal error on %s %s', request.method, path)
       return _json(500, codec.dumps({'error': f'Internal error: {type(e).__name__}: {e}'}))
+
+  async def _infer(self, request: web.Request, name: str, version: Optional[str],
+                   label: Optional[str], verb: str) -> web.Response:
+    """One predict/classify/regress, counted and timed in the metrics like TF Serving's
+    (API label = the verb, entrypoint REST)."""
+    start = time.perf_counter()
+    verb, name = verb.lower(), urllib.parse.unquote(name)
+    status = 'INTERNAL'
+    try:
+      body = await self._read_body(request)
+      call = (self.infer, verb, name, _parse_version(version),
+              urllib.parse.unquote(label or ''), body)
+      if len(body) <= self.inline_max_body:
+        payload = call[0](*call[1:])
+      else:
+        payload = await asyncio.get_running_loop().run_in_executor(self.pool, *call)
+      status = 'OK'
+      return _json(200, payload)
+    except ServingError as e:
+      status = e.code.name
+      raise
+    finally:
+      metrics.record_request(name, verb, 'REST', status, time.perf_counter() - start)
 
   async def _read_body(self, request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > self.max_body_bytes:
