@@ -65,6 +65,8 @@ class ServerConfig:
   max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES  # decoded size of one request's inputs
   inference_threads: int = 4
   ready_file: Optional[Path] = None        # written with the bound ports once serving
+  enable_batching: bool = False            # TF Serving's --enable_batching
+  batching_parameters_file: Optional[Path] = None   # its --batching_parameters_file
 
   @property
   def base_path(self) -> Path:
