@@ -73,8 +73,13 @@ _ENCODINGS = {
 
 
 def dtype_name(enum: int) -> str:
+  # Imported here: importing any TensorFlow proto imports TensorFlow, which `python -m
+  # serving` defers until its flags have parsed.
   from tensorflow.core.framework import types_pb2  # pylint: disable=import-outside-toplevel
-  return types_pb2.DataType.Name(enum) if enum in types_pb2.DataType.values() else f'dtype {enum}'
+  try:
+    return types_pb2.DataType.Name(enum)
+  except ValueError:
+    return f'dtype {enum}'
 
 
 def check_tensor_proto(name: str, proto: Any, expected_dtype: int,
@@ -82,9 +87,10 @@ def check_tensor_proto(name: str, proto: Any, expected_dtype: int,
   """Checks a TensorProto's declared dtype, shape and size; returns its decoded bytes.
 
   Reads only the header fields and the lengths of the value fields: nothing is decoded."""
-  dtype = dtype_name(proto.dtype)
   if proto.dtype != expected_dtype:
-    raise invalid(f'Input "{name}" expects {dtype_name(expected_dtype)} but {dtype} was provided')
+    raise invalid(f'Input "{name}" expects {dtype_name(expected_dtype)} but '
+                  f'{dtype_name(proto.dtype)} was provided')
+  dtype = dtype_name(proto.dtype)
   if proto.tensor_shape.unknown_rank:
     raise invalid(f'Input "{name}" has an unknown rank; a request tensor needs a full shape')
   shape = [d.size for d in proto.tensor_shape.dim]

@@ -12,6 +12,7 @@ every Counter, so those few are collected here and exposed untyped under their e
 
 from __future__ import annotations
 
+import collections
 import threading
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
@@ -123,9 +124,9 @@ def record_predictions(model_name: str, version: int, rows: int,
   PREDICTIONS.labels(model_name, str(version)).inc(rows)
   if classes is None:
     return
-  for value, count in zip(*np.unique(classes, return_counts=True)):
+  for value, count in collections.Counter(classes.tolist()).items():
     label = value.decode(errors='replace') if isinstance(value, bytes) else str(value)
-    PREDICTED_CLASS.labels(model_name, str(version), label).inc(int(count))
+    PREDICTED_CLASS.labels(model_name, str(version), label).inc(count)
 
 
 def record_model_call(model_name: str, version: int, signature: str, rows: int) -> None:
