@@ -4,7 +4,8 @@ Two servers run side by side on the same model, one plain and one with
 `--enable_batching --batching_parameters_file`. Each client thread sends one image per
 request, back to back, for a fixed time; the phases (off/on x gRPC/REST) are interleaved
 in rounds so that background load on the machine hits them alike. Prints throughput,
-p50/p99 latency and the mean rows per model call (from the servers' metrics) for each.
+p50/p99 latency, the mean rows per model call (from the servers' metrics) and the server
+process's CPU time per request (from /proc: steadier than throughput on a shared machine).
 
   .venv/bin/python benchmarks/batching_bench.py                  # builds a small model (~30 s)
   .venv/bin/python benchmarks/batching_bench.py --model-dir outputs/serving --seconds 10
@@ -25,6 +26,7 @@ logs.quiet()
 import argparse
 import http.client
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -103,6 +105,12 @@ def drive(clients: List[Call], seconds: float) -> Dict[str, object]:
           'latencies': [t for out in latencies for t in out]}
 
 
+def cpu_seconds(pid: int) -> float:
+  """User + system CPU time of a process so far (Linux /proc)."""
+  fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+  return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
 def model_calls(rest_url: str) -> Dict[str, float]:
   """serving_default's model calls and rows so far, from the server's Prometheus page."""
   with urllib.request.urlopen(rest_url + '/monitoring/prometheus/metrics', timeout=30) as page:
@@ -130,7 +138,8 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
                  '--enable_batching', '--batching_parameters_file', str(params)])}
   phases = [(protocol, mode) for protocol in ('gRPC', 'REST') for mode in ('off', 'on')]
   raw: Dict[tuple, Dict[str, list]] = {p: {'seconds': [], 'latencies': []} for p in phases}
-  counters: Dict[tuple, Dict[str, float]] = {p: {'calls': 0.0, 'rows': 0.0} for p in phases}
+  counters: Dict[tuple, Dict[str, float]] = {p: {'calls': 0.0, 'rows': 0.0, 'cpu': 0.0}
+                                             for p in phases}
   try:
     clients = {}
     for protocol, mode in phases:
@@ -141,10 +150,11 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
       drive(clients[(protocol, mode)], args.warmup)
     for _ in range(args.rounds):
       for phase in phases:
-        url = servers[phase[1]].rest_url
-        before = model_calls(url)
+        url, pid = servers[phase[1]].rest_url, servers[phase[1]].process.pid
+        before, cpu_before = model_calls(url), cpu_seconds(pid)
         result = drive(clients[phase], args.seconds / args.rounds)
-        after = model_calls(url)
+        after, cpu_after = model_calls(url), cpu_seconds(pid)
+        counters[phase]['cpu'] += cpu_after - cpu_before
         raw[phase]['seconds'].append(result['seconds'])
         raw[phase]['latencies'].extend(result['latencies'])
         for key in ('calls', 'rows'):
@@ -160,19 +170,22 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
         'requests': len(latencies), 'requests_per_s': len(latencies) / sum(data['seconds']),
         'p50_ms': percentile(latencies, 50) * 1e3, 'p99_ms': percentile(latencies, 99) * 1e3,
         'rows_per_call': counters[(protocol, mode)]['rows'] / max(
-            counters[(protocol, mode)]['calls'], 1)}
+            counters[(protocol, mode)]['calls'], 1),
+        'server_cpu_us_per_request': counters[(protocol, mode)]['cpu'] / len(latencies) * 1e6}
   return results
 
 
 def report(results: Dict[str, Dict[str, float]], args: argparse.Namespace) -> str:
   lines = [f'{args.clients} concurrent clients, batch 1, {args.seconds:g} s per phase in '
            f'{args.rounds} interleaved rounds', '',
-           '| protocol | batching | requests | requests/s | p50 ms | p99 ms | rows per model call |',
-           '|---|---|---|---|---|---|---|']
+           '| protocol | batching | requests | requests/s | p50 ms | p99 ms | rows per model call '
+           '| server CPU per request |',
+           '|---|---|---|---|---|---|---|---|']
   for name, r in results.items():
     protocol, mode = name.split()
     lines.append(f'| {protocol} | {mode} | {r["requests"]} | {r["requests_per_s"]:.0f} | '
-                 f'{r["p50_ms"]:.2f} | {r["p99_ms"]:.2f} | {r["rows_per_call"]:.1f} |')
+                 f'{r["p50_ms"]:.2f} | {r["p99_ms"]:.2f} | {r["rows_per_call"]:.1f} | '
+                 f'{r["server_cpu_us_per_request"]:.0f} us |')
   lines.append('')
   for protocol in ('gRPC', 'REST'):
     off, on = results[f'{protocol} off'], results[f'{protocol} on']
