@@ -20,10 +20,9 @@ import numpy as np
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import Metric
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 PATH = '/monitoring/prometheus/metrics'       # TF Serving's PrometheusExporter::kPrometheusPath
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4    # the classic text format generate_latest writes
+CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'   # what generate_latest writes
 LATENCY_BUCKETS_US = tuple(10 * 1.8 ** i for i in range(33))   # Buckets::Exponential(10, 1.8, 33)
 BATCH_BUCKETS = tuple(2 ** i for i in range(15))
 
