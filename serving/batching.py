@@ -157,18 +157,20 @@ class Batcher:
       raise invalid(f'Task size {task.rows} is larger than maximum input batch size '
                     f'{self._params.max_batch_size}')
     with self._cond:
-      if self._closed:
-        return self._run(dict(inputs))   # the version is being unloaded: run it alone
-      if not self._batches or self._batches[-1].rows + task.rows > self._params.max_batch_size:
-        if len(self._batches) >= self._params.max_enqueued_batches:
-          raise ServingError(grpc.StatusCode.UNAVAILABLE,
-                             'The batch scheduling queue to which this task was submitted is '
-                             'full')
-        self._batches.append(_Batch())
-      batch = self._batches[-1]
-      batch.tasks.append(task)
-      batch.rows += task.rows
-      self._cond.notify()
+      closed = self._closed
+      if not closed:
+        if not self._batches or self._batches[-1].rows + task.rows > self._params.max_batch_size:
+          if len(self._batches) >= self._params.max_enqueued_batches:
+            raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                               'The batch scheduling queue to which this task was submitted is '
+                               'full')
+          self._batches.append(_Batch())
+        batch = self._batches[-1]
+        batch.tasks.append(task)
+        batch.rows += task.rows
+        self._cond.notify()
+    if closed:
+      return self._run(dict(inputs))   # the version is being unloaded: run it alone
     task.done.wait()
     if task.error is not None:
       raise task.error

@@ -89,6 +89,20 @@ def test_batcher_merges_concurrent_tasks_and_splits_outputs():
     batcher.run({'x': np.zeros((9, 3), np.int64)})
 
 
+def test_closed_batcher_runs_requests_alone_and_its_threads_exit():
+  """A version being unloaded: requests that already hold it still get answers."""
+  def run(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    return {'y': inputs['x'] + 1}
+  batcher = batching.Batcher('closing', run, batching.BatchingParameters(
+      num_batch_threads=2, thread_pool_name='closing_pool'))
+  np.testing.assert_array_equal(batcher.run({'x': np.arange(3)})['y'], [1, 2, 3])
+  batcher.close()
+  np.testing.assert_array_equal(batcher.run({'x': np.arange(2)})['y'], [1, 2])
+  process.wait_for(lambda: not [t for t in threading.enumerate()
+                                if t.name.startswith('closing_pool-closing')],
+                   timeout=10, what='the batch threads to exit')
+
+
 @pytest.fixture(scope='module')
 def batching_server(serving_dir, tmp_path_factory):
   params = tmp_path_factory.mktemp('batching') / 'batching.config'
