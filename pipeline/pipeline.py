@@ -159,7 +159,8 @@ def create_pipeline(
       eval_args=trainer_pb2.EvalArgs(splits=[features.EVAL_SPLIT]),
       custom_config={'training': dataclasses.asdict(params.training),
                      'code_fingerprint': code_fingerprint(RUN_MODULE),
-                     'served_model_dir': locations.serving}).with_id(ids.TRAINER)
+                     'served_model_dir': locations.serving,
+                     'model_name': params.model_name}).with_id(ids.TRAINER)
 
   gate = model_gate(params, locations, examples, trainer.outputs['model'])
   return Pipeline(

@@ -11,11 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from serving.errors import invalid
+from serving.limits import Limits, check_examples
 
 try:
   import orjson
@@ -162,24 +163,34 @@ def to_array(value: Any, dtype: np.dtype, name: str) -> np.ndarray:
 
 # --- predict ------------------------------------------------------------------------------
 
-def predict_inputs(doc: Mapping[str, Any], inputs: Mapping[str, np.dtype]
-                   ) -> Tuple[Dict[str, np.ndarray], bool]:
-  """Tensors from `instances` (row format) or `inputs` (columnar); returns (tensors, is_row)."""
+JsonCheck = Callable[[Mapping[str, Any]], None]
+
+
+def predict_inputs(doc: Mapping[str, Any], inputs: Mapping[str, np.dtype],
+                   check: Optional[JsonCheck] = None) -> Tuple[Dict[str, np.ndarray], bool]:
+  """Tensors from `instances` (row format) or `inputs` (columnar); returns (tensors, is_row).
+
+  `check` sees each input's JSON value before any array is built (declared sizes)."""
   if 'instances' in doc and 'inputs' in doc:
     raise invalid("Not formatted correctly expecting only one of 'inputs' or 'instances' "
                   "keys to exist")
   if 'instances' in doc:
-    return _rows(doc['instances'], inputs), True
-  if 'inputs' in doc:
-    return _columns(doc['inputs'], inputs), False
-  raise invalid("Missing 'inputs' or 'instances' key")
+    values, row_format = _rows(doc['instances'], inputs), True
+  elif 'inputs' in doc:
+    values, row_format = _columns(doc['inputs'], inputs), False
+  else:
+    raise invalid("Missing 'inputs' or 'instances' key")
+  if check:
+    check(values)
+  return {name: to_array(values[name], dtype, name) for name, dtype in inputs.items()}, row_format
 
 
 def _is_named(value: Any) -> bool:
   return isinstance(value, dict) and not is_b64(value)
 
 
-def _rows(instances: Any, inputs: Mapping[str, np.dtype]) -> Dict[str, np.ndarray]:
+def _rows(instances: Any, inputs: Mapping[str, np.dtype]) -> Dict[str, Any]:
+  """Each input's JSON value, still nested lists."""
   if not isinstance(instances, list):
     raise invalid("Excepting 'instances' to be an list/array")
   if not instances:
@@ -188,10 +199,9 @@ def _rows(instances: Any, inputs: Mapping[str, np.dtype]) -> Dict[str, np.ndarra
     if len(inputs) > 1:
       raise invalid('instances is a plain list, but expecting list of objects as multiple '
                     'input tensors required as per tensorinfo_map')
-    name, dtype = next(iter(inputs.items()))
     if any(_is_named(item) for item in instances):
       raise invalid("Expecting value/list but got object in 'instances' list")
-    return {name: to_array(instances, dtype, name)}
+    return {next(iter(inputs)): instances}
   keys = set(inputs)
   for i, item in enumerate(instances):
     if not _is_named(item):
@@ -199,23 +209,19 @@ def _rows(instances: Any, inputs: Mapping[str, np.dtype]) -> Dict[str, np.ndarra
     if set(item) != keys:
       raise invalid(f"Failed to process element: {i} of 'instances' list. JSON object: "
                     f"keys must be equal to: {','.join(sorted(keys))}")
-  return {name: to_array([item[name] for item in instances], dtype, name)
-          for name, dtype in inputs.items()}
+  return {name: [item[name] for item in instances] for name in inputs}
 
 
-def _columns(value: Any, inputs: Mapping[str, np.dtype]) -> Dict[str, np.ndarray]:
+def _columns(value: Any, inputs: Mapping[str, np.dtype]) -> Dict[str, Any]:
   if not _is_named(value):
     if len(inputs) > 1:
       raise invalid('inputs is a plain value/list, but expecting an object as multiple '
                     'input tensors required as per tensorinfo_map')
-    name, dtype = next(iter(inputs.items()))
-    return {name: to_array(value, dtype, name)}
-  result = {}
-  for name, dtype in inputs.items():
+    return {next(iter(inputs)): value}
+  for name in inputs:
     if name not in value:
       raise invalid(f"Missing named input: {name} in 'inputs' object.")
-    result[name] = to_array(value[name], dtype, name)
-  return result
+  return {name: value[name] for name in inputs}
 
 
 def _json_ready(name: str, array: np.ndarray) -> Any:
@@ -290,8 +296,9 @@ def _example(obj: Any) -> bytes:
   return example.SerializeToString()
 
 
-def examples(doc: Mapping[str, Any]) -> List[bytes]:
-  """Serialized tf.Examples from `examples` (+ `context`, merged into each like TF Serving)."""
+def examples(doc: Mapping[str, Any], limits: Limits = Limits()) -> List[bytes]:
+  """Serialized tf.Examples from `examples` (+ `context`, merged into each like TF Serving);
+  the merged size is checked against the limits before the context is copied."""
   if 'examples' not in doc:
     raise invalid("When method is classify, key 'examples' is expected and was not found")
   items = doc['examples']
@@ -300,8 +307,10 @@ def examples(doc: Mapping[str, Any]) -> List[bytes]:
   if not items:
     raise invalid("'examples' value is an empty array")
   context = _example(doc['context']) if 'context' in doc else b''
+  serialized = [_example(item) for item in items]
+  check_examples(len(serialized), sum(map(len, serialized)), len(context), limits)
   # Concatenated serialized protos merge; an example's own features win over the context.
-  return [context + _example(item) for item in items]
+  return [context + item for item in serialized] if context else serialized
 
 
 def classify_response(classes: Optional[np.ndarray], scores: Optional[np.ndarray]) -> bytes:

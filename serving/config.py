@@ -16,10 +16,16 @@ from typing import Dict, FrozenSet, Iterable, Optional
 
 from google.protobuf import text_format
 
+from serving.limits import DEFAULT_MAX_INPUT_BYTES, Limits
+
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024   # a batch of 512 images as JSON floats fits
-DEFAULT_MAX_BATCH_SIZE = 512
+# TF Serving caps neither (gRPC messages up to 2 GiB, REST bodies unbounded, no batch size
+# without batching). Ours are bounded by memory instead of a count: 32 MiB holds ~7,000
+# images as JSON floats, and the decoded-size limit (serving.limits) bounds what any
+# request can make the server allocate. 0 for the batch size means no cap.
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_BATCH_SIZE = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,14 +61,21 @@ class ServerConfig:
   model_config_file: Optional[Path] = None
   poll_seconds: float = 1.0                # TF Serving's file_system_poll_wait_seconds
   max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-  max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+  max_batch_size: int = DEFAULT_MAX_BATCH_SIZE   # 0: no cap
+  max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES  # decoded size of one request's inputs
   inference_threads: int = 4
   ready_file: Optional[Path] = None        # written with the bound ports once serving
+  enable_batching: bool = False            # TF Serving's --enable_batching
+  batching_parameters_file: Optional[Path] = None   # its --batching_parameters_file
   data_dir: Optional[Path] = None          # the page's corrections go to <data_dir>/incoming/
 
   @property
   def base_path(self) -> Path:
     return Path(self.model_dir) / self.model_name
+
+  @property
+  def limits(self) -> Limits:
+    return Limits(self.max_batch_size, self.max_input_bytes)
 
 
 def parse_model_config(text: str, model_name: str) -> ModelPolicy:

@@ -9,45 +9,26 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from concurrent import futures
 from typing import Any, Callable, Optional, Tuple
 
 import grpc
-import numpy as np
-import tensorflow as tf
 from google.protobuf import any_pb2
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc, regression_pb2)
 
+from serving import metrics
 from serving.errors import ServingError, invalid
 from serving.models import ModelManager
 from serving.servable import Servable
+from serving.tensors import examples, predict_inputs, to_tensor_proto
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_DEF_FIELD = 'signature_def'
-_FAST_DTYPES = {np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.float64): types_pb2.DT_DOUBLE,
-                np.dtype(np.int32): types_pb2.DT_INT32, np.dtype(np.int64): types_pb2.DT_INT64}
-
-
-def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
-  try:
-    return tf.make_ndarray(proto)
-  except Exception as e:  # pylint: disable=broad-except
-    raise invalid(f'Cannot parse input tensor: {e}') from None
-
-
-def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
-  """Numeric arrays as raw tensor_content (fast); strings through TensorFlow's helper."""
-  dtype = _FAST_DTYPES.get(array.dtype)
-  if dtype is None:
-    return tf.make_tensor_proto(array)
-  shape = tensor_shape_pb2.TensorShapeProto(
-      dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape])
-  return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape,
-                                tensor_content=np.ascontiguousarray(array).tobytes())
+RECORDED_APIS = ('Predict', 'Classify', 'Regress')
 
 
 def _spec(spec: model_pb2.ModelSpec) -> Tuple[str, Optional[int], Optional[str]]:
@@ -62,28 +43,27 @@ def _response_spec(servable: Servable, signature_name: str) -> model_pb2.ModelSp
 
 
 def _aborts_on_error(method: Callable[..., Any]) -> Callable[..., Any]:
+  """Maps errors to their status; Predict, Classify and Regress are counted and timed in
+  the metrics, as TF Serving does (API label = the method name, entrypoint GRPC)."""
+  recorded = method.__name__ in RECORDED_APIS
+
   @functools.wraps(method)
   def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    start = time.perf_counter()
+    code, message = grpc.StatusCode.OK, ''
     try:
       return method(self, request, context)
     except ServingError as e:
-      context.abort(e.code, e.message)
+      code, message = e.code, e.message
     except Exception as e:  # pylint: disable=broad-except
       log.exception('Internal error in %s', method.__name__)
-      context.abort(grpc.StatusCode.INTERNAL, f'{type(e).__name__}: {e}')
+      code, message = grpc.StatusCode.INTERNAL, f'{type(e).__name__}: {e}'
+    finally:
+      if recorded:
+        metrics.record_request(request.model_spec.name, method.__name__, 'GRPC', code.name,
+                               time.perf_counter() - start)
+    context.abort(code, message)
   return wrapper
-
-
-def _examples(request_input: Any) -> list:
-  """Serialized tf.Examples of an Input proto; context features are merged into each."""
-  kind = request_input.WhichOneof('kind')
-  if kind == 'example_list':
-    return [e.SerializeToString() for e in request_input.example_list.examples]
-  if kind == 'example_list_with_context':
-    with_context = request_input.example_list_with_context
-    context = with_context.context.SerializeToString()
-    return [context + e.SerializeToString() for e in with_context.examples]
-  raise invalid('Input is empty.')
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -105,7 +85,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
   def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
               ) -> predict_pb2.PredictResponse:
     servable, signature_name, spec = self._resolve_signature(request.model_spec)
-    inputs = {k: to_ndarray(v) for k, v in request.inputs.items()}
+    inputs = predict_inputs(servable.signature(signature_name), request.inputs, servable.limits)
     outputs = servable.predict(signature_name, inputs, request.output_filter)
     response = predict_pb2.PredictResponse(model_spec=spec)
     for key, value in outputs.items():
@@ -116,7 +96,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
   def Classify(self, request: classification_pb2.ClassificationRequest,
                context: grpc.ServicerContext) -> classification_pb2.ClassificationResponse:
     servable, signature_name, spec = self._resolve_signature(request.model_spec)
-    classes, scores = servable.classify(signature_name, _examples(request.input))
+    classes, scores = servable.classify(signature_name, examples(request.input, servable.limits))
     response = classification_pb2.ClassificationResponse(model_spec=spec)
     shape = (classes if classes is not None else scores).shape
     for i in range(shape[0]):
@@ -130,7 +110,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
   def Regress(self, request: regression_pb2.RegressionRequest,
               context: grpc.ServicerContext) -> regression_pb2.RegressionResponse:
     servable, signature_name, spec = self._resolve_signature(request.model_spec)
-    values = servable.regress(signature_name, _examples(request.input))
+    values = servable.regress(signature_name, examples(request.input, servable.limits))
     response = regression_pb2.RegressionResponse(model_spec=spec)
     for value in values.tolist():
       response.result.regressions.add(value=value)

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import grpc
 
 from serving.config import ModelPolicy
-from serving.errors import invalid, not_found
+from serving.errors import ServingError, invalid, not_found
 from trainer.serving_layout import discover
 from serving.servable import Servable
 
@@ -177,16 +177,19 @@ class ModelManager:
                       self.name, version, found[version], type(e).__name__, e)
             self._failed[version] = prints[version]
             candidates.discard(version)
-            self._set_status(version, END, (grpc.StatusCode.UNKNOWN,
-                                            f'{type(e).__name__}: {e}'))
+            code = e.code if isinstance(e, ServingError) else grpc.StatusCode.UNKNOWN
+            self._set_status(version, END, (code, f'{type(e).__name__}: {e}'))
             continue
           self._set_status(version, AVAILABLE)
           self._publish(servables, policy.labels)   # visible as soon as it is ready
       retired = sorted(set(servables) - wanted)
+      unloading = []
       for version in retired:
         self._set_status(version, UNLOADING)
-        del servables[version]
+        unloading.append(servables.pop(version))
       self._publish(servables, policy.labels)
+      for servable in unloading:
+        servable.close()   # requests already holding it still finish
       if retired:
         gc.collect()   # loaded SavedModels hold reference cycles: free the memory now
       for version in retired:

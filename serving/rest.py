@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import urllib.parse
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +20,9 @@ from typing import Any, Dict, List, Optional, Sequence
 from aiohttp import web
 from google.protobuf import json_format
 
-from serving import codec
+from serving import codec, metrics
 from serving.errors import ServingError, invalid, too_large
+from serving.limits import STRING_ELEMENT_BYTES, check_json_inputs
 from serving.models import ModelManager, VersionStatus
 from serving.servable import Servable
 
@@ -76,11 +78,16 @@ def error_response(error: ServingError) -> web.Response:
 
 
 class RestApi:
-  """The request handlers; `app()` wires them into an aiohttp application."""
+  """The request handlers; `app()` wires them into an aiohttp application.
 
-  def __init__(self, manager: ModelManager, max_body_bytes: int, threads: int):
+  With `inline=False` (server-side batching) every inference request waits in a worker
+  thread, since its batch may take a while to fill; the event loop never blocks."""
+
+  def __init__(self, manager: ModelManager, max_body_bytes: int, threads: int,
+               inline: bool = True):
     self.manager = manager
     self.max_body_bytes = max_body_bytes
+    self.inline_max_body = INLINE_MAX_BODY if inline else -1
     self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix='rest-infer')
 
   def app(self, routes: Sequence[web.AbstractRouteDef] = ()) -> web.Application:
@@ -99,14 +106,10 @@ class RestApi:
     path = request.rel_url.raw_path
     try:
       if request.method == 'POST' and (match := PREDICT_PATH.fullmatch(path)):
-        name, version, label, verb = match.groups()
-        body = await self._read_body(request)
-        call = (self.infer, verb.lower(), urllib.parse.unquote(name), _parse_version(version),
-                urllib.parse.unquote(label or ''), body)
-        if len(body) <= INLINE_MAX_BODY:
-          return _json(200, call[0](*call[1:]))
-        payload = await asyncio.get_running_loop().run_in_executor(self.pool, *call)
-        return _json(200, payload)
+        return await self._infer(request, *match.groups())
+      if request.method == 'GET' and path == metrics.PATH:
+        return web.Response(body=metrics.exposition(),
+                            headers={'Content-Type': metrics.CONTENT_TYPE})
       if request.method == 'GET' and (match := STATUS_PATH.fullmatch(path)):
         name, version, label, metadata = match.groups()
         if not name:
@@ -126,6 +129,29 @@ class RestApi:
       log.exception('Internal error on %s %s', request.method, path)
       return _json(500, codec.dumps({'error': f'Internal error: {type(e).__name__}: {e}'}))
 
+  async def _infer(self, request: web.Request, name: str, version: Optional[str],
+                   label: Optional[str], verb: str) -> web.Response:
+    """One predict/classify/regress, counted and timed in the metrics like TF Serving's
+    (API label = the verb, entrypoint REST)."""
+    start = time.perf_counter()
+    verb, name = verb.lower(), urllib.parse.unquote(name)
+    status = 'INTERNAL'
+    try:
+      body = await self._read_body(request)
+      call = (self.infer, verb, name, _parse_version(version),
+              urllib.parse.unquote(label or ''), body)
+      if len(body) <= self.inline_max_body:
+        payload = call[0](*call[1:])
+      else:
+        payload = await asyncio.get_running_loop().run_in_executor(self.pool, *call)
+      status = 'OK'
+      return _json(200, payload)
+    except ServingError as e:
+      status = e.code.name
+      raise
+    finally:
+      metrics.record_request(name, verb, 'REST', status, time.perf_counter() - start)
+
   async def _read_body(self, request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > self.max_body_bytes:
       raise too_large(f'Request body of {request.content_length} bytes exceeds the server\'s '
@@ -144,10 +170,13 @@ class RestApi:
     servable = self.manager.resolve(name, version, label or None)
     if verb == 'predict':
       sig = servable.signature(signature_name)
+      specs = {k: (STRING_ELEMENT_BYTES if info.is_string else info.numpy_dtype.itemsize,
+                   info.shape) for k, info in sig.inputs.items()}
       inputs, row_format = codec.predict_inputs(
-          doc, {k: info.numpy_dtype for k, info in sig.inputs.items()})
+          doc, {k: info.numpy_dtype for k, info in sig.inputs.items()},
+          lambda values: check_json_inputs(values, specs, servable.limits))
       return codec.predict_response(servable.predict(signature_name, inputs), row_format)
-    examples = codec.examples(doc)
+    examples = codec.examples(doc, servable.limits)
     if verb == 'classify':
       return codec.classify_response(*servable.classify(signature_name, examples))
     return codec.regress_response(servable.regress(signature_name, examples))

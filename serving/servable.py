@@ -8,6 +8,7 @@ mutated after loading, which is what lets a hot swap replace it under in-flight 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -19,7 +20,10 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
+from serving import metrics
+from serving.batching import Batcher, BatchingParameters
 from serving.errors import ServingError, invalid
+from serving.limits import Limits, check_examples, check_shape, dtype_name
 from trainer.serving_layout import SAVED_MODEL_FILE
 from trainer import features
 
@@ -54,12 +58,14 @@ class TensorInfo:
     return self.dtype == tf.string
 
   @property
+  def datatype(self) -> int:
+    """The DataType enum, as a TensorProto's `dtype` field holds it."""
+    return self.dtype.as_datatype_enum
+
+  @property
   def numpy_dtype(self) -> np.dtype:
     return np.dtype(object) if self.is_string else np.dtype(self.dtype.as_numpy_dtype)
 
-  def shape_text(self) -> str:
-    return '[?]' if self.shape is None else '[' + ','.join(
-        '-1' if d is None else str(d) for d in self.shape) + ']'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,28 +80,31 @@ class Signature:
 def _dtype_name(dtype: np.dtype) -> str:
   if dtype.kind in 'OSU':
     return 'DT_STRING'
-  return 'DT_' + tf.dtypes.as_dtype(dtype).name.upper()
+  return dtype_name(tf.dtypes.as_dtype(dtype).as_datatype_enum)
 
 
 def _shape_text(shape: Sequence[int]) -> str:
   return '[' + ','.join(str(d) for d in shape) + ']'
 
 
-def _check_input(name: str, value: np.ndarray, info: TensorInfo, max_batch: int) -> None:
+def check_input_names(sig: Signature, names: Iterable[str]) -> None:
+  """TF Serving's message when the request's input names differ from the signature's."""
+  sent, want = set(names), set(sig.inputs)
+  if sent != want:
+    raise invalid(
+        f'input size does not match signature: {len(sent)}!={len(want)} '
+        f'len({{{",".join(sorted(sent))}}}) != len({{{",".join(sorted(want))}}}). '
+        f'Sent extra: {{{",".join(sorted(sent - want))}}}. '
+        f'Missing but required: {{{",".join(sorted(want - sent))}}}.')
+
+
+def _check_input(name: str, value: np.ndarray, info: TensorInfo, limits: Limits) -> None:
   expected_kind = 'OSU' if info.is_string else None
   if (expected_kind and value.dtype.kind not in expected_kind) or (
       not expected_kind and value.dtype != info.numpy_dtype):
     raise invalid(f'Input "{name}" expects {_dtype_name(info.numpy_dtype)} but '
                   f'{_dtype_name(value.dtype)} was provided')
-  if info.shape is not None:
-    compatible = value.ndim == len(info.shape) and all(
-        want is None or want == got for want, got in zip(info.shape, value.shape))
-    if not compatible:
-      raise invalid(f'Input "{name}" has shape {_shape_text(value.shape)} but the signature '
-                    f'expects {info.shape_text()} (-1: any size)')
-  if value.ndim and value.shape[0] > max_batch:
-    raise invalid(f'Batch size {value.shape[0]} of input "{name}" exceeds the server\'s '
-                  f'maximum batch size of {max_batch}')
+  check_shape(name, value.shape, info.shape, limits)
   if value.dtype.kind == 'f' and not np.isfinite(value).all():
     raise invalid(f'Input "{name}" holds NaN or infinite values')
   if name == features.PIXELS_INPUT and value.size and (
@@ -114,31 +123,64 @@ def _op_error_text(message: str) -> str:
   return ' '.join(lines) or message
 
 
+def batchable(sig: Signature) -> bool:
+  """Rows of separate requests can share one call: every input and output has a free
+  leading (batch) dimension and fixed others."""
+  infos = list(sig.inputs.values()) + list(sig.outputs.values())
+  return all(info.shape and info.shape[0] is None and None not in info.shape[1:]
+             for info in infos)
+
+
+def predicted_classes(outputs: Mapping[str, np.ndarray]) -> Optional[np.ndarray]:
+  """One class per row, from whichever outputs the signature has (for the class metrics)."""
+  classes = outputs.get(features.CLASSES_OUTPUT)
+  if classes is not None and classes.ndim == 1:
+    return classes
+  scores = outputs.get(CLASSIFY_SCORES, outputs.get(features.PROBABILITIES_OUTPUT))
+  if scores is None or scores.ndim != 2:
+    return None
+  best = scores.argmax(axis=1)
+  if classes is not None and classes.shape == scores.shape:
+    return classes[np.arange(len(best)), best]
+  return best
+
+
 class Servable:
   """A loaded SavedModel version: its SignatureDefs (for metadata) and callable signatures."""
 
   def __init__(self, name: str, version: int, path: Path, meta_graph: meta_graph_pb2.MetaGraphDef,
-               signatures: Mapping[str, Signature], max_batch_size: int, keepalive: object = None):
+               signatures: Mapping[str, Signature], limits: Limits, keepalive: object = None,
+               batching: Optional[BatchingParameters] = None):
     self.name = name
     self.version = version
     self.path = path
     self.signatures = dict(signatures)
-    self.max_batch_size = max_batch_size
+    self.limits = limits
     self.signature_def_map = get_model_metadata_pb2.SignatureDefMap()
     for key, sig_def in meta_graph.signature_def.items():
       self.signature_def_map.signature_def[key].CopyFrom(sig_def)
     self._keepalive = keepalive  # the loaded object owns the variables the functions use
+    self._batchers = {key: Batcher(f'{name}-{version}-{key}', functools.partial(self._call, sig),
+                                   batching)
+                      for key, sig in self.signatures.items() if batching and batchable(sig)}
 
   @classmethod
-  def load(cls, name: str, version: int, path: Path, max_batch_size: int) -> 'Servable':
+  def load(cls, name: str, version: int, path: Path, limits: Limits,
+           batching: Optional[BatchingParameters] = None) -> 'Servable':
     """Loads and warms up one version; raises on anything incomplete or unreadable."""
     start = time.monotonic()
-    saved_model = saved_model_pb2.SavedModel.FromString((Path(path) / SAVED_MODEL_FILE).read_bytes())
-    meta_graphs = [m for m in saved_model.meta_graphs if SERVE_TAG in m.meta_info_def.tags]
-    if not meta_graphs:
-      raise ValueError(f'{path}: no MetaGraph tagged {SERVE_TAG!r}')
-    meta_graph = meta_graphs[0]
-    loaded = tf.saved_model.load(str(path), tags=[SERVE_TAG])
+    try:
+      saved_model = saved_model_pb2.SavedModel.FromString(
+          (Path(path) / SAVED_MODEL_FILE).read_bytes())
+      meta_graphs = [m for m in saved_model.meta_graphs if SERVE_TAG in m.meta_info_def.tags]
+      if not meta_graphs:
+        raise ValueError(f'{path}: no MetaGraph tagged {SERVE_TAG!r}')
+      meta_graph = meta_graphs[0]
+      loaded = tf.saved_model.load(str(path), tags=[SERVE_TAG])
+    except Exception:
+      metrics.record_load(str(path), False, time.monotonic() - start)
+      raise
+    metrics.record_load(str(path), True, time.monotonic() - start)
     signatures = {}
     for key, fn in loaded.signatures.items():
       sig_def = meta_graph.signature_def[key]
@@ -146,10 +188,11 @@ class Servable:
           key, sig_def.method_name,
           {k: TensorInfo.from_proto(v) for k, v in sig_def.inputs.items()},
           {k: TensorInfo.from_proto(v) for k, v in sig_def.outputs.items()}, fn)
-    servable = cls(name, version, Path(path), meta_graph, signatures, max_batch_size, loaded)
+    servable = cls(name, version, Path(path), meta_graph, signatures, limits, loaded, batching)
     servable.warm_up()
-    log.info('Loaded %s version %d from %s in %.1fs (signatures: %s)', name, version, path,
-             time.monotonic() - start, ', '.join(sorted(signatures)))
+    log.info('Loaded %s version %d from %s in %.1fs (signatures: %s%s)', name, version, path,
+             time.monotonic() - start, ', '.join(sorted(signatures)),
+             f'; batching {", ".join(sorted(servable._batchers))}' if servable._batchers else '')
     return servable
 
   def warm_up(self) -> None:
@@ -165,41 +208,56 @@ class Servable:
         log.warning('Warm-up of %s version %d signature %s failed: %s', self.name,
                     self.version, sig.name, e)
 
+  def close(self) -> None:
+    """Unloading: the batch threads finish what is queued and exit."""
+    for batcher in self._batchers.values():
+      batcher.close()
+
   def signature(self, name: str) -> Signature:
     key = name or DEFAULT_SIGNATURE
     if key not in self.signatures:
       raise invalid(f'Serving signature name: "{key}" not found in signature def')
     return self.signatures[key]
 
-  def _run(self, sig: Signature, inputs: Mapping[str, np.ndarray]) -> Dict[str, tf.Tensor]:
+  def _call(self, sig: Signature, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """One call into the model."""
+    rows = next(iter(inputs.values())).shape[:1]
+    metrics.record_model_call(self.name, self.version, sig.name, rows[0] if rows else 1)
     try:
-      return sig.fn(**{k: tf.constant(v) for k, v in inputs.items()})
+      outputs = sig.fn(**{k: tf.constant(v) for k, v in inputs.items()})
     except tf.errors.OpError as e:
       raise ServingError(_GRPC_CODES.get(e.error_code, grpc.StatusCode.INTERNAL),
                          _op_error_text(e.message)) from None
+    return {k: v.numpy() for k, v in outputs.items()}
+
+  def _run(self, sig: Signature, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """Through the signature's batch queue when batching is on, else straight in."""
+    batcher = self._batchers.get(sig.name)
+    return batcher.run(inputs) if batcher else self._call(sig, inputs)
+
+  def _record(self, outputs: Mapping[str, np.ndarray], rows: int) -> None:
+    metrics.record_predictions(self.name, self.version, rows, predicted_classes(outputs))
 
   def predict(self, signature_name: str, inputs: Mapping[str, np.ndarray],
-              output_filter: Iterable[str] = ()) -> Dict[str, np.ndarray]:
+              output_filter: Iterable[str] = (), record: bool = True) -> Dict[str, np.ndarray]:
+    """`record=False` (warm-up replays) leaves the prediction metrics alone."""
     sig = self.signature(signature_name)
-    if set(inputs) != set(sig.inputs):
-      sent, want = set(inputs), set(sig.inputs)
-      raise invalid(
-          f'input size does not match signature: {len(sent)}!={len(want)} '
-          f'len({{{",".join(sorted(sent))}}}) != len({{{",".join(sorted(want))}}}). '
-          f'Sent extra: {{{",".join(sorted(sent - want))}}}. '
-          f'Missing but required: {{{",".join(sorted(want - sent))}}}.')
+    check_input_names(sig, inputs)
     for key, value in inputs.items():
-      _check_input(key, value, sig.inputs[key], self.max_batch_size)
+      _check_input(key, value, sig.inputs[key], self.limits)
     wanted = list(output_filter) or list(sig.outputs)
     unknown = [k for k in wanted if k not in sig.outputs]
     if unknown:
       raise invalid(f'output tensor alias not found in signature: {unknown[0]} Outputs '
                     f'expected to be in the set {{{",".join(sorted(sig.outputs))}}}.')
     outputs = self._run(sig, inputs)
-    return {k: outputs[k].numpy() for k in wanted}
+    if record:
+      first = next(iter(inputs.values()))
+      self._record(outputs, first.shape[0] if first.ndim else 1)
+    return {k: outputs[k] for k in wanted}
 
   def _run_examples(self, signature_name: str, method: str, kind: str,
-                    serialized: List[bytes]) -> Tuple[Signature, Dict[str, tf.Tensor]]:
+                    serialized: List[bytes]) -> Tuple[Signature, Dict[str, np.ndarray]]:
     sig = self.signature(signature_name)
     if sig.method_name != method:
       others = sorted(k for k, s in self.signatures.items() if s.method_name == method)
@@ -210,13 +268,11 @@ class Servable:
       raise invalid('Expected one input Tensor of serialized tf.Examples.')
     if not serialized:
       raise invalid('Invalid argument: Input is empty.')
-    if len(serialized) > self.max_batch_size:
-      raise invalid(f'Batch size {len(serialized)} exceeds the server\'s maximum batch size '
-                    f'of {self.max_batch_size}')
+    check_examples(len(serialized), sum(len(e) for e in serialized), 0, self.limits)
     examples = np.array(serialized, dtype=object)
     return sig, self._run(sig, {next(iter(sig.inputs)): examples})
 
-  def classify(self, signature_name: str, serialized: List[bytes]
+  def classify(self, signature_name: str, serialized: List[bytes], record: bool = True
                ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     """Returns (classes [n, k] bytes or None, scores [n, k] float or None)."""
     sig, out = self._run_examples(signature_name, CLASSIFY_METHOD, 'classification',
@@ -224,22 +280,27 @@ class Servable:
     if CLASSIFY_CLASSES not in sig.outputs and CLASSIFY_SCORES not in sig.outputs:
       raise invalid(f'Expected classification signature outputs to contain '
                     f'{CLASSIFY_CLASSES} or {CLASSIFY_SCORES}.')
-    classes = out[CLASSIFY_CLASSES].numpy() if CLASSIFY_CLASSES in out else None
-    scores = out[CLASSIFY_SCORES].numpy() if CLASSIFY_SCORES in out else None
+    classes, scores = out.get(CLASSIFY_CLASSES), out.get(CLASSIFY_SCORES)
     for value in (classes, scores):
       if value is not None and (value.ndim != 2 or value.shape[0] != len(serialized)):
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                            f'Expected classification output of shape [batch, classes], '
                            f'got {_shape_text(value.shape)}')
+    if record:
+      self._record({k: v for k, v in ((CLASSIFY_CLASSES, classes), (CLASSIFY_SCORES, scores))
+                    if v is not None}, len(serialized))
     return classes, scores
 
-  def regress(self, signature_name: str, serialized: List[bytes]) -> np.ndarray:
+  def regress(self, signature_name: str, serialized: List[bytes], record: bool = True
+              ) -> np.ndarray:
     """Returns one float per example."""
     sig, out = self._run_examples(signature_name, REGRESS_METHOD, 'regression', serialized)
     if REGRESS_OUTPUTS not in sig.outputs:
       raise invalid(f'No output tensor named "{REGRESS_OUTPUTS}" in the regression signature')
-    values = out[REGRESS_OUTPUTS].numpy()
+    values = out[REGRESS_OUTPUTS]
     if values.shape not in ((len(serialized),), (len(serialized), 1)):
       raise invalid(f'Expected regression output of shape [batch] or [batch, 1], got '
                     f'{_shape_text(values.shape)}')
+    if record:
+      self._record({}, len(serialized))
     return values.reshape(-1)

@@ -18,7 +18,8 @@ from typing import Optional
 
 from aiohttp import web
 
-from serving import grpc_service, rest, ui
+from serving import grpc_service, metrics, rest, ui, warmup
+from serving.batching import BatchingParameters, read_parameters
 from serving.config import ModelConfigWatcher, ServerConfig
 from serving.models import ModelManager
 from serving.servable import Servable
@@ -26,11 +27,27 @@ from serving.servable import Servable
 log = logging.getLogger(__name__)
 
 
-def make_manager(config: ServerConfig) -> ModelManager:
+def make_manager(config: ServerConfig, batching: Optional[BatchingParameters]) -> ModelManager:
   watcher = ModelConfigWatcher(config.model_config_file, config.model_name)
-  return ModelManager(
-      config.model_name, config.base_path, watcher.current,
-      lambda name, version, path: Servable.load(name, version, path, config.max_batch_size))
+
+  def load(name: str, version: int, path: Path) -> Servable:
+    """Loaded, then warmed up from its recorded requests (if any) before it serves."""
+    servable = Servable.load(name, version, path, config.limits, batching)
+    try:
+      warmup.replay(servable)
+    except Exception:
+      servable.close()
+      raise
+    return servable
+
+  return ModelManager(config.model_name, config.base_path, watcher.current, load)
+
+
+def request_threads(config: ServerConfig, batching: Optional[BatchingParameters]) -> int:
+  """Threads per front end. With batching, enough requests must wait at once to fill a
+  batch: TF Serving advises twice max_batch_size client threads."""
+  threads = max(2 * config.inference_threads, 4)
+  return max(threads, min(2 * batching.max_batch_size, 64)) if batching else threads
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -53,18 +70,23 @@ def _write_ready_file(path: Optional[Path], rest_port: int, grpc_port: int) -> N
 
 
 async def serve(config: ServerConfig) -> None:
-  manager = make_manager(config)
+  batching = (read_parameters(config.batching_parameters_file)
+              if config.enable_batching else None)
+  if batching:
+    log.info('Batching on: %s', batching)
+  manager = make_manager(config, batching)
   log.info('Model %s: base path %s', config.model_name, config.base_path)
   await asyncio.get_running_loop().run_in_executor(None, lambda: manager.poll_once(startup=True))
   if not manager.snapshot.servables:
     log.warning('No loadable version of %s under %s yet; waiting for one', config.model_name,
                 config.base_path)
+  threads = request_threads(config, batching)
   grpc_server, grpc_port = grpc_service.start_server(
-      manager, config.host, config.grpc_port, config.max_body_bytes,
-      max(2 * config.inference_threads, 4))
-  api = rest.RestApi(manager, config.max_body_bytes, config.inference_threads)
+      manager, config.host, config.grpc_port, config.max_body_bytes, threads)
+  api = rest.RestApi(manager, config.max_body_bytes,
+                     threads if batching else config.inference_threads, inline=not batching)
   page = ui.Page(config.model_name, config.data_dir,
-                 on_correction=None)  # MERGE: on_correction=metrics.count_correction
+                 on_correction=lambda label: metrics.count_correction(config.model_name))
   runner = web.AppRunner(api.app(page.routes()), access_log=None, handle_signals=False)
   await runner.setup()
   sock = _bind(config.host, config.rest_port)

@@ -4,12 +4,16 @@
 - `serving_tf_example`: serialized tf.Examples -> `classes` (labels as strings) and
   `scores`, marked as a classify signature so TF Serving's `:classify` API accepts it.
 Both run Transform's graph first, so serving normalizes exactly as training did.
-Beside them, in `assets.extra/`, what a later warm start needs (trainer/warm_start.py).
+Beside them, in `assets.extra/`, what a later warm start needs (trainer/warm_start.py) and
+TF Serving's warm-up requests (trainer/warmup_requests.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
+
+import numpy as np
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -17,7 +21,7 @@ import tf_keras as keras
 from tensorflow.core.protobuf import saved_model_pb2
 
 from trainer.hparams import TrainingConfig
-from trainer import features, warm_start
+from trainer import features, warm_start, warmup_requests
 
 SAVED_MODEL_FILE = 'saved_model.pb'
 
@@ -64,8 +68,13 @@ def mark_classify_signature(export_dir: str, signature_name: str) -> None:
 
 
 def export_serving_model(model: keras.Model, cfg: TrainingConfig,
-                         tf_transform_output: tft.TFTransformOutput, export_dir: str) -> None:
-  """`cfg` is the config the model was built from, recorded for warm starts."""
+                         tf_transform_output: tft.TFTransformOutput, export_dir: str,
+                         warmup_images: Optional[np.ndarray] = None,
+                         model_name: str = 'mnist') -> None:
+  """`cfg` is the config the model was built from, recorded for warm starts;
+  `warmup_images` (raw uint8 [n, 28, 28]) become TF Serving's warm-up requests."""
   tf.saved_model.save(model, export_dir, signatures=_signatures(model, tf_transform_output))
+  if warmup_images is not None and len(warmup_images):
+    warmup_requests.write_warmup_file(Path(export_dir), warmup_images, model_name)
   mark_classify_signature(export_dir, features.SERVING_TF_EXAMPLE)
   warm_start.write(model, cfg, export_dir)

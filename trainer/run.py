@@ -13,11 +13,12 @@ import tf_keras as keras
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from trainer.hparams import TrainingConfig
-from trainer import data, distribution, export, model, schedules, warm_start
+from trainer import data, distribution, export, features, model, schedules, warm_start
 
 ACCURACY_METRIC = 'accuracy'
 # custom_config key: the served model's base path, `<serving>/<model name>` (warm starts).
 SERVED_MODEL_DIR_KEY = 'served_model_dir'
+WARMUP_IMAGES = 32  # eval images recorded as TF Serving's warm-up requests
 
 
 def compile_model(cfg: TrainingConfig, steps_per_epoch: int,
@@ -85,5 +86,9 @@ def run_fn(fn_args: FnArgs) -> None:
   net = train_or_warm_start(cfg, train_arrays, eval_arrays, fn_args.model_run_dir,
                             fn_args.custom_config.get(SERVED_MODEL_DIR_KEY))
   start = time.monotonic()
-  export.export_serving_model(net, cfg, tf_transform_output, fn_args.serving_model_dir)
+  # Warm-up requests from held-out images, as raw pixels (what clients send).
+  warmup = np.round(eval_arrays.images[:WARMUP_IMAGES, ..., 0] * features.PIXEL_MAX)
+  export.export_serving_model(net, cfg, tf_transform_output, fn_args.serving_model_dir,
+                              warmup.astype(np.uint8),
+                              fn_args.custom_config.get('model_name', 'mnist'))
   logging.info('Trainer: exported the serving model in %.0f s', time.monotonic() - start)

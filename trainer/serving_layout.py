@@ -27,6 +27,11 @@ STAGING_PREFIX = '.push-'     # a push being copied; renamed to its version when
 # the evaluation the version passed (metrics, spans, run, code), for `pipeline lineage`.
 EVALUATION_RECORD = 'assets.extra/evaluation.json'
 PUSHER_FILES = (EVALUATION_RECORD,)
+# TF Serving's SavedModel warm-up (WarmupConsts in TF Serving 2.16.1): PredictionLog records
+# replayed before a version serves, at most this many. The export writes it; the official
+# server and `python -m serving` read it.
+WARMUP_REQUESTS = 'assets.extra/tf_serving_warmup_requests'
+WARMUP_MAX_RECORDS = 1000
 
 
 def versions(base: str, listdir: ListDir, isfile: IsFile) -> Dict[int, str]:

@@ -105,3 +105,22 @@ def server(serving_dir: Path) -> Iterator[process.ServerProcess]:
     yield running
     assert running.alive(), 'the server died during the tests:\n' + running.log_text()[-3000:]
     assert 'Traceback' not in running.log_text(), running.log_text()[-3000:]
+
+
+@pytest.fixture(scope='session')
+def default_server(serving_dir: Path) -> Iterator[process.ServerProcess]:
+  """The same versions with every limit at its default (serves the latest, version 2)."""
+  with process.start_server(serving_dir, MODEL_NAME) as running:
+    yield running
+    assert running.alive(), 'the server died during the tests:\n' + running.log_text()[-3000:]
+    assert 'Traceback' not in running.log_text(), running.log_text()[-3000:]
+
+
+def memory_kb(pid: int) -> Dict[str, int]:
+  """VmRSS and VmHWM (peak resident) of a process, in kB, from /proc."""
+  values = {}
+  for line in Path(f'/proc/{pid}/status').read_text().splitlines():
+    key, _, rest = line.partition(':')
+    if key in ('VmRSS', 'VmHWM'):
+      values[key] = int(rest.split()[0])
+  return values

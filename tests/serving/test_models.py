@@ -21,6 +21,10 @@ from tests.serving.conftest import CONFIG_FILE
 class FakeServable:
   def __init__(self, name: str, version: int, path: Path):
     self.name, self.version, self.path = name, version, path
+    self.closed = False
+
+  def close(self) -> None:
+    self.closed = True
 
 
 class Loader:
@@ -123,11 +127,13 @@ def test_deleted_version_is_replaced_by_the_next_newest(tmp_path):
   newest = make_version(tmp_path, '2')
   manager = manager_for(tmp_path)
   manager.poll_once(startup=True)
+  retired = manager.resolve('mnist')
   shutil.rmtree(newest)
   manager.poll_once()
   manager.poll_once()
   assert manager.resolve('mnist').version == 1
   assert states(manager) == {2: 'END', 1: 'AVAILABLE'}
+  assert retired.closed and not manager.resolve('mnist').closed   # its batch threads stop
 
 
 def test_specific_policy_and_labels(tmp_path):

@@ -1,0 +1,223 @@
+"""Server-side batching benchmark: 16 concurrent batch-1 clients, batching off and on.
+
+Two servers run side by side on the same model, one plain and one with
+`--enable_batching --batching_parameters_file`. Each client thread sends one image per
+request, back to back, for a fixed time; the phases (off/on x gRPC/REST) are interleaved
+in rounds so that background load on the machine hits them alike. Prints throughput,
+p50/p99 latency, the mean rows per model call (from the servers' metrics) and the server
+process's CPU time per request (from /proc: steadier than throughput on a shared machine).
+
+  .venv/bin/python benchmarks/batching_bench.py                  # builds a small model (~30 s)
+  .venv/bin/python benchmarks/batching_bench.py --model-dir outputs/serving --seconds 10
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from trainer import logs  # pylint: disable=wrong-import-position
+
+logs.quiet()
+
+# pylint: disable=wrong-import-position
+import argparse
+import http.client
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import urllib.request
+from typing import Callable, Dict, List, Optional
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from prometheus_client.parser import text_string_to_metric_families
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from benchmarks.serving_bench import build_model, percentile
+from pipeline import configs
+from serving import process
+from trainer import features, idx
+
+DEFAULT_PARAMETERS = '''max_batch_size { value: 16 }
+batch_timeout_micros { value: 5000 }
+max_enqueued_batches { value: 100 }
+num_batch_threads { value: 1 }
+'''
+TARGET_THROUGHPUT_RATIO = 1.5
+Call = Callable[[], object]
+
+
+def grpc_client(target: str, image: np.ndarray) -> Call:
+  stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(target))
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = 'mnist'
+  request.inputs[features.PIXELS_INPUT].CopyFrom(
+      tf.make_tensor_proto(image[np.newaxis].astype(np.float32)))
+  def call() -> object:
+    return stub.Predict(request, timeout=30)
+  return call
+
+
+def rest_client(port: int, image: np.ndarray) -> Call:
+  connection = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
+  body = json.dumps({'instances': [image.tolist()]}).encode()
+  def call() -> object:
+    connection.request('POST', '/v1/models/mnist:predict', body=body,
+                       headers={'Content-Type': 'application/json'})
+    response = connection.getresponse()
+    payload = response.read()
+    if response.status != 200:
+      raise RuntimeError(payload[:300])
+    return json.loads(payload)['predictions'][0]['classes']
+  return call
+
+
+def drive(clients: List[Call], seconds: float) -> Dict[str, object]:
+  """Every client calls back to back until the time is up; returns count, time, latencies."""
+  latencies: List[List[float]] = [[] for _ in clients]
+  errors: List[str] = []
+  start = time.perf_counter()
+  stop_at = start + seconds
+
+  def worker(call: Call, out: List[float]) -> None:
+    try:
+      while (t0 := time.perf_counter()) < stop_at:
+        call()
+        out.append(time.perf_counter() - t0)
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(f'{type(e).__name__}: {e}')
+
+  threads = [threading.Thread(target=worker, args=(c, out)) for c, out in zip(clients, latencies)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join(timeout=seconds + 60)
+  if errors:
+    raise RuntimeError(f'{len(errors)} clients failed, first: {errors[0]}')
+  return {'seconds': time.perf_counter() - start,
+          'latencies': [t for out in latencies for t in out]}
+
+
+def cpu_seconds(pid: int) -> float:
+  """User + system CPU time of a process so far (Linux /proc)."""
+  fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+  return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def model_calls(rest_url: str) -> Dict[str, float]:
+  """serving_default's model calls and rows so far, from the server's Prometheus page."""
+  with urllib.request.urlopen(rest_url + '/monitoring/prometheus/metrics', timeout=30) as page:
+    text = page.read().decode()
+  totals = {'calls': 0.0, 'rows': 0.0}
+  for family in text_string_to_metric_families(text):
+    for sample in family.samples:
+      if sample.labels.get('signature') != features.SERVING_DEFAULT:
+        continue
+      if sample.name == 'serving_model_calls_total':
+        totals['calls'] += sample.value
+      elif sample.name == 'serving_batch_size_sum':
+        totals['rows'] += sample.value
+  return totals
+
+
+def run(args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
+  work = Path(tempfile.mkdtemp(prefix='batching-bench-'))
+  serving_dir = Path(args.model_dir) if args.model_dir else build_model(work)
+  params = work / 'batching.config'
+  params.write_text(Path(args.parameters).read_text() if args.parameters else DEFAULT_PARAMETERS)
+  images = idx.load_source(configs.SHARED_DATA_DIR, 'test', args.clients).images
+  servers = {'off': process.start_server(serving_dir, 'mnist'),
+             'on': process.start_server(serving_dir, 'mnist', args=[
+                 '--enable_batching', '--batching_parameters_file', str(params)])}
+  phases = [(protocol, mode) for protocol in ('gRPC', 'REST') for mode in ('off', 'on')]
+  raw: Dict[tuple, Dict[str, list]] = {p: {'seconds': [], 'latencies': []} for p in phases}
+  counters: Dict[tuple, Dict[str, float]] = {p: {'calls': 0.0, 'rows': 0.0, 'cpu': 0.0}
+                                             for p in phases}
+  try:
+    clients = {}
+    for protocol, mode in phases:
+      server = servers[mode]
+      clients[(protocol, mode)] = [
+          grpc_client(server.grpc_target, image) if protocol == 'gRPC'
+          else rest_client(server.rest_port, image) for image in images]
+      drive(clients[(protocol, mode)], args.warmup)
+    for _ in range(args.rounds):
+      for phase in phases:
+        url, pid = servers[phase[1]].rest_url, servers[phase[1]].process.pid
+        before, cpu_before = model_calls(url), cpu_seconds(pid)
+        result = drive(clients[phase], args.seconds / args.rounds)
+        after, cpu_after = model_calls(url), cpu_seconds(pid)
+        counters[phase]['cpu'] += cpu_after - cpu_before
+        raw[phase]['seconds'].append(result['seconds'])
+        raw[phase]['latencies'].extend(result['latencies'])
+        for key in ('calls', 'rows'):
+          counters[phase][key] += after[key] - before[key]
+  finally:
+    for server in servers.values():
+      server.stop()
+    shutil.rmtree(work, ignore_errors=True)
+  results = {}
+  for (protocol, mode), data in raw.items():
+    latencies = data['latencies']
+    results[f'{protocol} {mode}'] = {
+        'requests': len(latencies), 'requests_per_s': len(latencies) / sum(data['seconds']),
+        'p50_ms': percentile(latencies, 50) * 1e3, 'p99_ms': percentile(latencies, 99) * 1e3,
+        'rows_per_call': counters[(protocol, mode)]['rows'] / max(
+            counters[(protocol, mode)]['calls'], 1),
+        'server_cpu_us_per_request': counters[(protocol, mode)]['cpu'] / len(latencies) * 1e6}
+  return results
+
+
+def report(results: Dict[str, Dict[str, float]], args: argparse.Namespace) -> str:
+  lines = [f'{args.clients} concurrent clients, batch 1, {args.seconds:g} s per phase in '
+           f'{args.rounds} interleaved rounds', '',
+           '| protocol | batching | requests | requests/s | p50 ms | p99 ms | rows per model call '
+           '| server CPU per request |',
+           '|---|---|---|---|---|---|---|---|']
+  for name, r in results.items():
+    protocol, mode = name.split()
+    lines.append(f'| {protocol} | {mode} | {r["requests"]} | {r["requests_per_s"]:.0f} | '
+                 f'{r["p50_ms"]:.2f} | {r["p99_ms"]:.2f} | {r["rows_per_call"]:.1f} | '
+                 f'{r["server_cpu_us_per_request"]:.0f} us |')
+  lines.append('')
+  for protocol in ('gRPC', 'REST'):
+    off, on = results[f'{protocol} off'], results[f'{protocol} on']
+    ratio = on['requests_per_s'] / off['requests_per_s']
+    met = ratio >= TARGET_THROUGHPUT_RATIO and on['p99_ms'] <= off['p99_ms']
+    lines.append(f'- {protocol}: batching throughput x{ratio:.2f}, p99 {on["p99_ms"]:.2f} ms vs '
+                 f'{off["p99_ms"]:.2f} ms (target x{TARGET_THROUGHPUT_RATIO} at no worse p99): '
+                 f'{"met" if met else "MISSED"}')
+  return '\n'.join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--model-dir', help='a serving dir holding mnist/<version>/ '
+                      '(default: build a small model first)')
+  parser.add_argument('--parameters', help='a BatchingParameters text proto file '
+                      '(default: the one printed by --show-parameters)')
+  parser.add_argument('--show-parameters', action='store_true')
+  parser.add_argument('--clients', type=int, default=16)
+  parser.add_argument('--seconds', type=float, default=30, help='measured time per phase')
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--warmup', type=float, default=2, help='seconds per phase, unmeasured')
+  parser.add_argument('--json', action='store_true', help='also print the raw figures as JSON')
+  args = parser.parse_args(argv)
+  if args.show_parameters:
+    print(DEFAULT_PARAMETERS)
+    return
+  results = run(args)
+  print(report(results, args))
+  if args.json:
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == '__main__':
+  main()

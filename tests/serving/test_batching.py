@@ -1,0 +1,186 @@
+"""Server-side batching: TF Serving's parameter file, and concurrent requests merged into
+fewer model calls with the same answers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Dict, List
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from serving import batching, process
+from serving.errors import ServingError
+from tests.serving import metrics_helpers as m
+from tests.serving.conftest import MODEL_NAME, reference_predict
+from tests.serving.helpers import call
+from trainer import features
+
+# TF Serving's documented example file (g3doc/serving_config.md), as its server reads it.
+TF_SERVING_EXAMPLE = '''
+max_batch_size { value: 128 }
+batch_timeout_micros { value: 0 }
+max_enqueued_batches { value: 1000000 }
+num_batch_threads { value: 8 }
+'''
+MAX_BATCH = 32
+PARAMETERS = f'''
+max_batch_size {{ value: {MAX_BATCH} }}
+batch_timeout_micros {{ value: 2000 }}
+num_batch_threads {{ value: 1 }}
+thread_pool_name {{ value: "test_batch_threads" }}
+'''
+CLIENTS = 16
+REQUESTS_PER_CLIENT = 6
+
+
+def test_parses_tf_serving_parameter_files():
+  params = batching.parse_parameters(TF_SERVING_EXAMPLE)
+  assert (params.max_batch_size, params.batch_timeout_micros, params.max_enqueued_batches,
+          params.num_batch_threads) == (128, 0, 1000000, 8)
+  defaults = batching.parse_parameters('')
+  assert (defaults.max_batch_size, defaults.batch_timeout_micros,
+          defaults.max_enqueued_batches) == (1000, 0, 10)   # SharedBatchScheduler's
+  sized = batching.parse_parameters(
+      'max_batch_size { value: 8 } allowed_batch_sizes: 2 allowed_batch_sizes: 8')
+  assert sized.allowed_batch_sizes == (2, 8)
+
+
+@pytest.mark.parametrize('text, message', [
+    ('max_batch_size: 5', 'max_batch_size'),                       # not a wrapper message
+    ('max_batch_sise { value: 5 }', 'max_batch_sise'),
+    ('max_batch_size { value: 8 } allowed_batch_sizes: 4', 'end with max_batch_size'),
+    ('num_batch_threads { value: 0 }', 'must be positive'),
+    ('enable_large_batch_splitting { value: true }', 'not supported'),
+])
+def test_refuses_bad_parameter_files(text, message):
+  with pytest.raises(ValueError, match=message):
+    batching.parse_parameters(text)
+
+
+def test_batcher_merges_concurrent_tasks_and_splits_outputs():
+  calls: List[int] = []
+  def run(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    calls.append(len(inputs['x']))
+    time.sleep(0.02)
+    return {'double': inputs['x'] * 2, 'sum': inputs['x'].sum(axis=1)}
+  batcher = batching.Batcher('t', run, batching.BatchingParameters(
+      max_batch_size=8, batch_timeout_micros=5000, num_batch_threads=1,
+      allowed_batch_sizes=(4, 8)))
+  results: Dict[int, Dict[str, np.ndarray]] = {}
+  def client(i: int) -> None:
+    results[i] = batcher.run({'x': np.full((1 + i % 2, 3), i, np.int64)})
+  threads = [threading.Thread(target=client, args=(i,)) for i in range(24)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join(timeout=30)
+  batcher.close()
+  assert len(results) == 24
+  for i, out in results.items():
+    np.testing.assert_array_equal(out['double'], np.full((1 + i % 2, 3), 2 * i))
+    np.testing.assert_array_equal(out['sum'], np.full(1 + i % 2, 3 * i))
+  assert len(calls) < 24 and set(calls) <= {4, 8}       # merged, padded to allowed sizes
+  with pytest.raises(ServingError, match='Task size 9 is larger than maximum input batch size 8'):
+    batcher.run({'x': np.zeros((9, 3), np.int64)})
+
+
+def test_closed_batcher_runs_requests_alone_and_its_threads_exit():
+  """A version being unloaded: requests that already hold it still get answers."""
+  def run(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    return {'y': inputs['x'] + 1}
+  batcher = batching.Batcher('closing', run, batching.BatchingParameters(
+      num_batch_threads=2, thread_pool_name='closing_pool'))
+  np.testing.assert_array_equal(batcher.run({'x': np.arange(3)})['y'], [1, 2, 3])
+  batcher.close()
+  np.testing.assert_array_equal(batcher.run({'x': np.arange(2)})['y'], [1, 2])
+  process.wait_for(lambda: not [t for t in threading.enumerate()
+                                if t.name.startswith('closing_pool-closing')],
+                   timeout=10, what='the batch threads to exit')
+
+
+@pytest.fixture(scope='module')
+def batching_server(serving_dir, tmp_path_factory):
+  params = tmp_path_factory.mktemp('batching') / 'batching.config'
+  params.write_text(PARAMETERS)
+  with process.start_server(serving_dir, MODEL_NAME, args=[
+      '--enable_batching', '--batching_parameters_file', str(params)]) as running:
+    yield running
+    assert 'Traceback' not in running.log_text(), running.log_text()[-3000:]
+
+
+def _calls(samples: m.Samples, signature: str) -> float:
+  return m.total(samples, 'serving_model_calls_total', signature=signature, version='2')
+
+
+def test_concurrent_requests_share_model_calls_with_unbatched_answers(batching_server, reference,
+                                                                      mnist_test):
+  before = m.scrape(batching_server.rest_url)
+  answers: Dict[tuple, np.ndarray] = {}
+  errors: List[str] = []
+  lock = threading.Lock()
+
+  def grpc_client(i: int) -> None:
+    with grpc.insecure_channel(batching_server.grpc_target) as channel:
+      stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+      for r in range(REQUESTS_PER_CLIENT):
+        index = (i * REQUESTS_PER_CLIENT + r) % len(mnist_test.images)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = 'mnist'
+        request.inputs[features.PIXELS_INPUT].CopyFrom(tf.make_tensor_proto(
+            mnist_test.images[index:index + 1].astype(np.float32)))
+        try:
+          response = stub.Predict(request, timeout=60)
+        except grpc.RpcError as e:
+          with lock:
+            errors.append(f'gRPC {e.code()}: {e.details()}')
+          continue
+        with lock:
+          answers[('grpc', i, r)] = (index, tf.make_ndarray(
+              response.outputs[features.PROBABILITIES_OUTPUT])[0])
+
+  def rest_client(i: int) -> None:
+    for r in range(REQUESTS_PER_CLIENT):
+      index = (i * REQUESTS_PER_CLIENT + r) % len(mnist_test.images)
+      status, body = call(f'{batching_server.rest_url}/v1/models/mnist:predict',
+                          {'instances': mnist_test.images[index:index + 1].tolist()})
+      with lock:
+        if status != 200:
+          errors.append(f'REST {status}: {body}')
+        else:
+          answers[('rest', i, r)] = (index, np.array(
+              body['predictions'][0][features.PROBABILITIES_OUTPUT], np.float32))
+
+  threads = [threading.Thread(target=grpc_client if i % 2 else rest_client, args=(i,))
+             for i in range(CLIENTS)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join(timeout=120)
+  after = m.scrape(batching_server.rest_url)
+
+  assert not errors, errors[:5]
+  requests = CLIENTS * REQUESTS_PER_CLIENT
+  assert len(answers) == requests
+  expected = reference_predict(reference, 2, mnist_test.images)[features.PROBABILITIES_OUTPUT]
+  for index, probabilities in answers.values():
+    # The same numbers as the image run alone; float32 sums may round differently in a batch.
+    np.testing.assert_allclose(probabilities, expected[index], rtol=0, atol=1e-6)
+    assert probabilities.argmax() == expected[index].argmax()
+  model_calls = _calls(after, features.SERVING_DEFAULT) - _calls(before, features.SERVING_DEFAULT)
+  assert model_calls < requests, f'{model_calls} model calls for {requests} requests'
+  rows = (m.total(after, 'serving_batch_size_sum', signature=features.SERVING_DEFAULT)
+          - m.total(before, 'serving_batch_size_sum', signature=features.SERVING_DEFAULT))
+  assert rows == requests
+
+
+def test_request_over_max_batch_size_is_refused_like_tf_serving(batching_server, mnist_test):
+  status, body = call(f'{batching_server.rest_url}/v1/models/mnist:predict',
+                      {'instances': [mnist_test.images[0].tolist()] * (MAX_BATCH + 1)})
+  assert status == 400
+  assert body['error'] == (f'Task size {MAX_BATCH + 1} is larger than maximum input batch '
+                           f'size {MAX_BATCH}')
