@@ -60,6 +60,7 @@ def run(work: Path, name: str, data: Path, output: Path, flags: List[str]
 
 
 def main() -> None:
+  logs.show_progress()  # TensorFlow's deprecation warnings stay out of the report
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--work-dir', type=Path,
