@@ -24,8 +24,9 @@ def write_warmup_file(version_dir: Path, images: Sequence[np.ndarray],
   if pixels.ndim != 3 or pixels.shape[1:] != (features.IMAGE_HEIGHT, features.IMAGE_WIDTH):
     raise ValueError(f'expected images of shape [n, 28, 28], got {list(pixels.shape)}')
   if not 0 < len(pixels) <= serving_layout.WARMUP_MAX_RECORDS:
-    raise ValueError(f'expected 1 to {serving_layout.WARMUP_MAX_RECORDS} images (TF Serving '
-                     f'replays at most that many), got {len(pixels)}')
+    most = serving_layout.WARMUP_MAX_RECORDS
+    raise ValueError(f'expected 1 to {most} images (TF Serving replays at most {most}), '
+                     f'got {len(pixels)}')
   path = Path(version_dir) / serving_layout.WARMUP_REQUESTS
   path.parent.mkdir(parents=True, exist_ok=True)
   with tf.io.TFRecordWriter(str(path)) as writer:
