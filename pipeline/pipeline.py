@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Optional, Sequence
+from typing import Dict, NamedTuple, Optional, Sequence
 
 import tensorflow_model_analysis as tfma
 # TFX's own modules rather than `tfx.v1`: importing `tfx.v1` also imports its Google Cloud
@@ -97,8 +97,15 @@ class ModelGate(NamedTuple):
   pusher: atomic_pusher.AtomicPusher
 
 
+def code_fingerprints() -> Dict[str, str]:
+  """Transform's and the Trainer's code keys, hashed once per DAG build."""
+  return {'transform': code_fingerprint(PREPROCESSING_MODULE),
+          'trainer': code_fingerprint(RUN_MODULE)}
+
+
 def model_gate(params: PipelineParams, locations: Locations, examples: Channel,
-               model: Channel) -> ModelGate:
+               model: Channel, fingerprints: Dict[str, str]) -> ModelGate:
+  """`fingerprints` (code_fingerprints()) go into each push's evaluation record."""
   evaluator = ServedBaselineEvaluator(
       examples=examples,
       model=model,
@@ -113,8 +120,7 @@ def model_gate(params: PipelineParams, locations: Locations, examples: Channel,
           filesystem=pusher_pb2.PushDestination.Filesystem(
               base_directory=locations.serving)),
       record={'pipeline_name': params.pipeline_name, 'model_name': params.model_name,
-              'code_fingerprint': {'transform': code_fingerprint(PREPROCESSING_MODULE),
-                                   'trainer': code_fingerprint(RUN_MODULE)},
+              'code_fingerprint': fingerprints,
               'training': dataclasses.asdict(params.training)}).with_id(ids.PUSHER)
   return ModelGate(evaluator, pusher)
 
@@ -137,6 +143,7 @@ def create_pipeline(
   examples = example_gen.outputs['examples']
 
   validation = data_validation(params, locations, examples)
+  fingerprints = code_fingerprints()
   schema = validation.schema_gen.outputs['schema']
 
   transform = Transform(
@@ -145,7 +152,7 @@ def create_pipeline(
       preprocessing_fn=PREPROCESSING_FN,
       splits_config=transform_pb2.SplitsConfig(analyze=[features.TRAIN_SPLIT]),
       materialize=False,  # the Trainer applies the transform graph as it reads (trainer/data.py)
-      custom_config={'code_fingerprint': code_fingerprint(PREPROCESSING_MODULE)},
+      custom_config={'code_fingerprint': fingerprints['transform']},
   ).with_id(ids.TRANSFORM)
   transform.add_upstream_node(validation.anomalies_gate)  # nothing trains on stopped data
   transform.add_upstream_node(validation.drift_check)
@@ -158,11 +165,11 @@ def create_pipeline(
       train_args=trainer_pb2.TrainArgs(splits=[features.TRAIN_SPLIT]),
       eval_args=trainer_pb2.EvalArgs(splits=[features.EVAL_SPLIT]),
       custom_config={'training': dataclasses.asdict(params.training),
-                     'code_fingerprint': code_fingerprint(RUN_MODULE),
+                     'code_fingerprint': fingerprints['trainer'],
                      'served_model_dir': locations.serving,
                      'model_name': params.model_name}).with_id(ids.TRAINER)
 
-  gate = model_gate(params, locations, examples, trainer.outputs['model'])
+  gate = model_gate(params, locations, examples, trainer.outputs['model'], fingerprints)
   return Pipeline(
       pipeline_name=params.pipeline_name,
       pipeline_root=locations.pipeline_root,

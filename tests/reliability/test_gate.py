@@ -64,7 +64,7 @@ def test_worse_candidate_is_not_blessed_not_pushed_and_nothing_served_changes(
                            artifact_type=tfx.types.standard_artifacts.Model).with_id('Candidate')
   locations = dataclasses.replace(config.locations(), serving=str(served_dir))
   gate = pipeline.model_gate(config, locations, examples.outputs['examples'],
-                             model.outputs['result'])
+                             model.outputs['result'], pipeline.code_fingerprints())
   tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
       pipeline_name=config.pipeline_name, pipeline_root=locations.pipeline_root,
       components=[examples, model, *gate], enable_cache=False,

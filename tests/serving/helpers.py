@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import urllib.parse
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 
 def call(url: str, body: Any = None, method: Optional[str] = None,
@@ -26,3 +26,13 @@ def call(url: str, body: Any = None, method: Optional[str] = None,
     return response.status, json.loads(text)
   except ValueError:
     return response.status, text.decode(errors='replace')
+
+
+def bad_request_message(call_it: Callable[[], Any]) -> str:
+  """The message of the ServingError (HTTP 400) that `call_it` raises."""
+  import pytest  # pylint: disable=import-outside-toplevel
+  from serving.errors import ServingError  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ServingError) as info:
+    call_it()
+  assert info.value.http_status == 400
+  return info.value.message

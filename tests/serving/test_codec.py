@@ -8,18 +8,11 @@ import json
 import numpy as np
 import pytest
 
+from tests.serving.helpers import bad_request_message
 from serving import codec
-from serving.errors import ServingError
 
 FLOAT = np.dtype(np.float32)
 STRING = np.dtype(object)
-
-
-def error_of(call) -> str:
-  with pytest.raises(ServingError) as info:
-    call()
-  assert info.value.http_status == 400
-  return info.value.message
 
 
 def test_row_format_single_input_batches_the_instances():
@@ -34,7 +27,7 @@ def test_row_format_named_inputs():
   tensors, _ = codec.predict_inputs(doc, {'a': np.dtype(np.int64), 'b': STRING})
   np.testing.assert_array_equal(tensors['a'], [[1, 2], [3, 4]])
   assert tensors['b'].tolist() == [b'x', b'y']
-  assert 'keys must be equal to: a,b' in error_of(
+  assert 'keys must be equal to: a,b' in bad_request_message(
       lambda: codec.predict_inputs({'instances': [{'a': [1, 2]}]},
                                    {'a': np.dtype(np.int64), 'b': STRING}))
 
@@ -59,7 +52,7 @@ def test_columnar_format():
     ({}, "Missing 'inputs' or 'instances' key"),
 ])
 def test_float_input_errors(doc, message):
-  assert message in error_of(lambda: codec.predict_inputs(doc, {'x': FLOAT}))
+  assert message in bad_request_message(lambda: codec.predict_inputs(doc, {'x': FLOAT}))
 
 
 @pytest.mark.parametrize('value, message', [
@@ -69,29 +62,29 @@ def test_float_input_errors(doc, message):
     ([['a'], 'b'], 'unexpected size or depth'),
 ])
 def test_string_input_errors(value, message):
-  assert message in error_of(lambda: codec.predict_inputs({'inputs': value}, {'s': STRING}))
+  assert message in bad_request_message(lambda: codec.predict_inputs({'inputs': value}, {'s': STRING}))
 
 
 def test_integer_inputs_reject_floats_and_overflow():
   int32 = np.dtype(np.int32)
-  assert 'not of expected type' in error_of(
+  assert 'not of expected type' in bad_request_message(
       lambda: codec.predict_inputs({'instances': [1.5]}, {'i': int32}))
-  assert 'out of range' in error_of(
+  assert 'out of range' in bad_request_message(
       lambda: codec.predict_inputs({'instances': [2 ** 40]}, {'i': int32}))
 
 
 def test_loads_accepts_nan_and_rejects_non_objects():
   doc = codec.loads(b'{"instances": [NaN, Infinity, -Infinity, 1e-3]}')
   assert np.isnan(doc['instances'][0]) and doc['instances'][2] == -np.inf
-  assert 'document is empty' in error_of(lambda: codec.loads(b'  '))
-  assert 'Is not object' in error_of(lambda: codec.loads(b'[1]'))
-  assert 'JSON Parse error' in error_of(lambda: codec.loads(b'{"a": }'))
-  assert 'JSON Parse error' in error_of(lambda: codec.loads(b'[' * 100000))
+  assert 'document is empty' in bad_request_message(lambda: codec.loads(b'  '))
+  assert 'Is not object' in bad_request_message(lambda: codec.loads(b'[1]'))
+  assert 'JSON Parse error' in bad_request_message(lambda: codec.loads(b'{"a": }'))
+  assert 'JSON Parse error' in bad_request_message(lambda: codec.loads(b'[' * 100000))
 
 
 def test_signature_name_must_be_a_string():
   assert codec.signature_name({}) == ''
-  assert "'signature_name' key must be a string" in error_of(
+  assert "'signature_name' key must be a string" in bad_request_message(
       lambda: codec.signature_name({'signature_name': 1}))
 
 
@@ -141,7 +134,7 @@ def test_examples_with_context_and_feature_kinds():
                        ({'examples': []}, 'empty array'), ({'examples': [1]}, 'JSON object'),
                        ({'examples': [{'x': [1, 'a']}]}, 'Unexpected element type'),
                        ({'examples': [{'x': None}]}, 'unexpected JSON type')]:
-    assert message in error_of(lambda doc=doc: codec.examples(doc))
+    assert message in bad_request_message(lambda doc=doc: codec.examples(doc))
 
 
 def test_classify_response():

@@ -15,9 +15,8 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from serving import codec, limits
-from serving.errors import ServingError
 from tests.serving.conftest import MNIST_DIR, memory_kb, reference_predict
-from tests.serving.helpers import call
+from tests.serving.helpers import bad_request_message, call
 from trainer import features, idx
 
 IMAGE_SHAPE = (None, features.IMAGE_HEIGHT, features.IMAGE_WIDTH)
@@ -29,13 +28,6 @@ def tensor(dtype: int, shape, **values) -> tensor_pb2.TensorProto:
                                 **values)
 
 
-def refusal(check) -> str:
-  with pytest.raises(ServingError) as info:
-    check()
-  assert info.value.http_status == 400
-  return info.value.message
-
-
 # --- the checks on their own ------------------------------------------------------------------
 
 def test_a_56_byte_request_declaring_1e8_strings_is_refused_unread():
@@ -44,7 +36,7 @@ def test_a_56_byte_request_declaring_1e8_strings_is_refused_unread():
   request.inputs[features.EXAMPLES_INPUT].CopyFrom(
       tensor(types_pb2.DT_STRING, [10 ** 8], string_val=[b'x']))
   assert request.ByteSize() <= 56
-  message = refusal(lambda: limits.check_tensor_proto(
+  message = bad_request_message(lambda: limits.check_tensor_proto(
       features.EXAMPLES_INPUT, request.inputs[features.EXAMPLES_INPUT], types_pb2.DT_STRING,
       (None,), limits.Limits()))
   assert 'shape [100000000]' in message and 'bytes once decoded' in message, message
@@ -60,7 +52,7 @@ def test_a_56_byte_request_declaring_1e8_strings_is_refused_unread():
     (tensor(types_pb2.DT_DOUBLE, [1, 28, 28]), 'expects DT_FLOAT but DT_DOUBLE'),
 ])
 def test_tensor_protos_are_checked_from_their_header(proto, text):
-  message = refusal(lambda: limits.check_tensor_proto('image', proto, types_pb2.DT_FLOAT,
+  message = bad_request_message(lambda: limits.check_tensor_proto('image', proto, types_pb2.DT_FLOAT,
                                                       IMAGE_SHAPE, limits.Limits()))
   assert text in message, message
 
@@ -69,7 +61,7 @@ def test_a_fitting_tensor_proto_passes_and_reports_its_size():
   proto = tf.make_tensor_proto(np.zeros((3, 28, 28), np.float32))
   assert limits.check_tensor_proto('image', proto, types_pb2.DT_FLOAT, IMAGE_SHAPE,
                                    limits.Limits()) == 3 * 28 * 28 * 4
-  message = refusal(lambda: limits.check_tensor_proto(
+  message = bad_request_message(lambda: limits.check_tensor_proto(
       'image', proto, types_pb2.DT_FLOAT, IMAGE_SHAPE, limits.Limits(max_batch_size=2)))
   assert 'maximum batch size of 2' in message
 
@@ -79,19 +71,19 @@ def test_json_nesting_declares_a_shape_checked_before_the_array_is_built():
   deep: list = [0]
   for _ in range(500):
     deep = [deep]
-  message = refusal(lambda: codec.predict_inputs(
+  message = bad_request_message(lambda: codec.predict_inputs(
       {'instances': deep}, {'image': np.dtype(np.float32)},
       lambda values: limits.check_json_inputs(values, specs, limits.Limits())))
   assert 'but the signature expects [-1,28,28]' in message
   small = limits.Limits(max_input_bytes=10 * 28 * 28 * 4)
   image = [[0] * 28] * 28
-  message = refusal(lambda: limits.check_json_inputs({'image': [image] * 11}, specs, small))
+  message = bad_request_message(lambda: limits.check_json_inputs({'image': [image] * 11}, specs, small))
   assert 'shape [11,28,28]' in message and 'bytes once decoded' in message
 
 
 def test_a_context_merged_into_many_examples_counts_once_per_example():
   doc = {'context': {'pad': 'x' * 100_000}, 'examples': [{}] * 1000}
-  message = refusal(lambda: codec.examples(doc, limits.Limits(max_input_bytes=10 ** 7)))
+  message = bad_request_message(lambda: codec.examples(doc, limits.Limits(max_input_bytes=10 ** 7)))
   assert '1000 examples' in message and 'bytes once decoded' in message
 
 
