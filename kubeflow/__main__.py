@@ -1,13 +1,19 @@
 """`python -m kubeflow COMMAND`: the pipeline on Kubeflow Pipelines.
 
   compile          build the DAG with pipeline.create_pipeline and write the KFP v2 spec
-  submit           one run of the compiled spec now
+  upload           register the compiled spec as a new version of the pipeline (named
+                   after the git commit and the time; the pipeline is created if missing)
+  submit           one run now
   schedule         a recurring run: --cron "0 3 * * *" (max concurrency 1, no catch-up);
                    scheduling again under the same name replaces it
   list-schedules   the recurring runs of the pipeline's experiment
   unschedule       delete a recurring run by name or id
   runs             the experiment's recent runs: state and duration
-  wait RUN_ID      follow a run until it ends; exit status 0 only if it succeeded
+  wait [RUN_ID]    follow a run (default: the newest) until it ends; exit status 0 only
+                   if it succeeded
+
+`submit` and `schedule` run a pipeline version: `--pipeline-version ID|NAME|latest` picks
+one already uploaded; without it they upload the compiled spec as a new version first.
 
 Every command takes the pipeline's own flags (--epochs, --eval-size, ...; see
 pipeline/configs.py) and the Kubeflow ones (--image, --pipeline-root, --data-uri,
@@ -59,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
   for sub in (submit, schedule):
     sub.add_argument('--no-cache', action='store_true',
                      help='run every task, ignoring cached results of earlier runs')
+  _add_version_arguments(command, submit, schedule)
 
   command('list-schedules', "list the recurring runs of the pipeline's experiment")
   unschedule = command('unschedule', 'delete a recurring run')
@@ -66,12 +73,55 @@ def _parser() -> argparse.ArgumentParser:
   runs = command('runs', "the experiment's recent runs, newest first")
   runs.add_argument('--limit', type=int, default=10, help='how many (default 10)')
   wait = command('wait', 'follow a run until it ends; exit 0 only if it succeeded')
-  wait.add_argument('run_id', help='the run id `submit` printed')
+  wait.add_argument('run_id', nargs='?', default='',
+                    help="the run id `submit` printed (default: the experiment's newest run)")
   wait.add_argument('--wait-timeout', type=float, default=6 * 3600,
                     help='seconds to wait before giving up, exit 1 (default 6 h)')
   wait.add_argument('--poll', type=float, default=15.0,
                     help='seconds between status checks (default 15)')
   return parser
+
+
+def _add_version_arguments(command, submit: argparse.ArgumentParser,
+                           schedule: argparse.ArgumentParser) -> None:
+  """`upload`, and the pipeline version `submit` and `schedule` run."""
+  upload = command('upload', 'register the compiled spec as a new pipeline version')
+  upload.add_argument('--version-name', help='default: <git commit>[-dirty]-<UTC time>')
+  upload.add_argument('--description', default='')
+  for sub in (submit, schedule):
+    sub.add_argument('--pipeline-version', metavar='ID|NAME|latest',
+                     help='run this uploaded version of the pipeline (its id, its name, or '
+                          '`latest` for the newest); default: upload the compiled spec as a '
+                          'new version first')
+
+
+def _pipeline_version(args: argparse.Namespace, pipeline_name: str,
+                      kfp: kfp_configs.KubeflowConfig, spec: str,
+                      caching: Optional[bool]):
+  """The version a submit/schedule/upload runs or makes: the one named by
+  --pipeline-version, else a new upload of the compiled spec (printed)."""
+  from kubeflow import client  # pylint: disable=import-outside-toplevel
+  wanted = getattr(args, 'pipeline_version', None)
+  if wanted:
+    if caching is not None:
+      raise client.KubeflowError(
+          '--no-cache with --pipeline-version: caching is part of an uploaded version\'s '
+          'spec; drop --pipeline-version to upload the spec with caching off')
+    return client.resolve_version(kfp, pipeline_name, wanted)
+  given = getattr(args, 'version_name', None)
+  revision = '' if given else client.git_revision(configs.REPO_ROOT)
+  name = given or client.version_name(revision, datetime.datetime.now(datetime.timezone.utc))
+  if caching is False and not given:
+    name += '-no-cache'
+  description = args.description if args.command == 'upload' else ''
+  version, created = client.upload(kfp, spec, pipeline_name, name, description, caching,
+                                   exact_name=bool(given))
+  print(f'Uploaded version {version.format()}'
+        + ('; created the pipeline' if created else ''))
+  if not given and not revision:
+    print('  (no git commit found: not a git checkout, or git is not installed; the version '
+          'is named by its upload time only)')
+  return version
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -98,16 +148,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f'Trainer {kfp.trainer_image} with {gpus}\n  pipeline root {kfp.pipeline_root}'
             f'\n  data {kfp.data_uri}\n  serving '
             f'{runner.model_serving_uri(config, kfp)}/<version>/')
+    elif args.command == 'upload':
+      _pipeline_version(args, config.pipeline_name, kfp, spec, None)
     elif args.command == 'submit':
       now = datetime.datetime.now(datetime.timezone.utc)
       name = args.run_name or f'{config.pipeline_name} {now:%Y-%m-%d %H:%M:%S} UTC'
-      run = client.submit(kfp, spec, experiment, name, enable_caching=caching)
+      version = _pipeline_version(args, config.pipeline_name, kfp, spec, caching)
+      run = client.submit(kfp, spec, experiment, name, enable_caching=caching, version=version)
       print(f'Submitted run {run.run_id} ({name!r}) in experiment {experiment!r}')
     elif args.command == 'schedule':
       name = args.name or f'{config.pipeline_name} schedule {args.cron}'
+      client.kfp_cron(args.cron)  # a malformed cron fails before anything is uploaded
+      version = _pipeline_version(args, config.pipeline_name, kfp, spec, caching)
       recurring, replaced = client.schedule(
           kfp, spec, experiment, name, args.cron, max_concurrency=args.max_concurrency,
-          catchup=args.catchup, enable_caching=caching, description=args.description)
+          catchup=args.catchup, enable_caching=caching, description=args.description,
+          version=version)
       print(f'Scheduled {recurring.recurring_run_id} ({name!r}): cron '
             f'"{client.kfp_cron(args.cron)}", max concurrency {args.max_concurrency}, '
             f'catch-up {"on" if args.catchup else "off"}, experiment {experiment!r}'
@@ -124,7 +180,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print('\n'.join(r.format() for r in recent) if recent
             else f'No runs in experiment {experiment!r}')
     elif args.command == 'wait':
-      run = client.wait(kfp, args.run_id, args.wait_timeout, args.poll,
+      run_id = args.run_id or client.latest_run_id(kfp, experiment)
+      run = client.wait(kfp, run_id, args.wait_timeout, args.poll,
                         report=lambda r: print(r.format(), flush=True))
       return 0 if run.state == 'SUCCEEDED' else 1
   except (client.KubeflowError, ValueError) as e:

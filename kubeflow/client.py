@@ -15,9 +15,12 @@ import dataclasses
 import datetime
 import json
 import os
+import subprocess
+import tempfile
 import time
 import warnings
-from typing import Any, Callable, List, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from kubeflow.config import KubeflowConfig
 
@@ -128,7 +131,8 @@ def _describe(error: Exception, host: str) -> KubeflowError:
     detail = (error.body or '').strip()
     try:
       body = json.loads(detail)
-      detail = body.get('message') or body.get('error') or detail
+      detail = (body.get('message') or body.get('error')  # the upload routes say
+                or body.get('error_message') or detail)  # error_message
     except (ValueError, AttributeError):
       pass
     if error.status in (401, 403):
@@ -224,37 +228,37 @@ def experiment_id(client, kfp_config: KubeflowConfig, name: str, create: bool) -
 
 
 def submit(kfp_config: KubeflowConfig, spec_path: str, experiment: str, run_name: str,
-           enable_caching: Optional[bool] = None) -> Any:
-  """One run of the compiled spec now; returns the V2beta1Run."""
-  check_spec(spec_path)
+           enable_caching: Optional[bool] = None,
+           version: Optional['PipelineVersion'] = None) -> Any:
+  """One run now, of the pipeline version if given, else of the compiled spec itself;
+  returns the V2beta1Run."""
+  source = run_source(spec_path, version, enable_caching)
   client = connect(kfp_config)
   exp_id = experiment_id(client, kfp_config, experiment, create=True)
   return _call(kfp_config, client.run_pipeline, experiment_id=exp_id, job_name=run_name,
-               pipeline_package_path=spec_path, enable_caching=enable_caching,
-               pipeline_root=kfp_config.pipeline_root,
+               **source, pipeline_root=kfp_config.pipeline_root,
                service_account=kfp_config.service_account or None)
 
 
 def schedule(kfp_config: KubeflowConfig, spec_path: str, experiment: str, name: str,
              cron: str, max_concurrency: int = MAX_CONCURRENCY, catchup: bool = False,
-             enable_caching: Optional[bool] = None,
-             description: str = '') -> Tuple[Any, List[str]]:
+             enable_caching: Optional[bool] = None, description: str = '',
+             version: Optional['PipelineVersion'] = None) -> Tuple[Any, List[str]]:
   """A recurring run of the compiled spec, replacing the experiment's recurring runs of the
   same name (so scheduling again updates it, never doubles it). Returns the new
   V2beta1RecurringRun and the ids it replaced; the old ones go only once the new one
-  exists."""
+  exists. Runs the pipeline version if given, else the compiled spec itself."""
   cron = kfp_cron(cron)
   if max_concurrency < 1:
     raise KubeflowError(f'max concurrency must be >= 1, found {max_concurrency}')
-  check_spec(spec_path)
+  source = run_source(spec_path, version, enable_caching)
   replaced = [s.recurring_run_id for s in list_schedules(kfp_config, experiment)
               if s.name == name]
   client = connect(kfp_config)
   exp_id = experiment_id(client, kfp_config, experiment, create=True)
   created = _call(kfp_config, client.create_recurring_run, experiment_id=exp_id,
                   job_name=name, description=description or None, cron_expression=cron,
-                  max_concurrency=max_concurrency, no_catchup=not catchup,
-                  pipeline_package_path=spec_path, enable_caching=enable_caching,
+                  max_concurrency=max_concurrency, no_catchup=not catchup, **source,
                   pipeline_root=kfp_config.pipeline_root,
                   service_account=kfp_config.service_account or None)
   for old in replaced:
@@ -329,3 +333,168 @@ def unschedule(kfp_config: KubeflowConfig, experiment: str, name_or_id: str) -> 
   for match in matches:
     _call(kfp_config, client.delete_recurring_run, match.recurring_run_id)
   return [m.recurring_run_id for m in matches]
+
+
+# ---------------------------------------------------------------------------
+# Pipelines and their versions. A run or recurring run that references a pipeline
+# version shows in the UI under that version, so the pipeline's page lists what ran when.
+
+LATEST = 'latest'  # --pipeline-version latest: the pipeline's newest version
+
+
+@dataclasses.dataclass
+class PipelineVersion:
+  """A version of a pipeline on the server, as `upload` and `--pipeline-version` find it."""
+  pipeline_id: str
+  pipeline_name: str
+  version_id: str
+  name: str
+  created_at: Optional[datetime.datetime] = None
+
+  def format(self) -> str:
+    return (f'{self.name!r} ({self.version_id}) of pipeline {self.pipeline_name!r} '
+            f'({self.pipeline_id})')
+
+
+def git_revision(repo: Path) -> str:
+  """`git rev-parse --short HEAD`, with `-dirty` if tracked files have uncommitted changes
+  (as `git describe --dirty` counts them); '' where git or the checkout is missing."""
+  def git(*args: str) -> Optional[str]:
+    try:
+      done = subprocess.run(['git', *args], cwd=repo, capture_output=True, text=True,
+                            timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+      return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+  head = git('rev-parse', '--short', 'HEAD')
+  if not head:
+    return ''
+  changes = git('status', '--porcelain', '--untracked-files=no')
+  return head + ('-dirty' if changes else '')
+
+
+def version_name(revision: str, now: datetime.datetime) -> str:
+  """The default version name: the commit the spec was compiled from, then UTC time, so
+  names are unique and say what and when; `no-git` where no commit is known."""
+  return f'{revision or "no-git"}-{now.astimezone(datetime.timezone.utc):%Y%m%d-%H%M%S}'
+
+
+def run_source(spec_path: str, version: Optional[PipelineVersion],
+               enable_caching: Optional[bool]) -> Dict[str, Any]:
+  """What a run is made of, as kfp.Client takes it: the version's ids (caching is part of
+  the version's spec then), else the compiled spec sent inline."""
+  if version is not None:
+    return {'pipeline_id': version.pipeline_id, 'version_id': version.version_id}
+  return {'pipeline_package_path': check_spec(spec_path), 'enable_caching': enable_caching}
+
+
+def find_pipeline(client, kfp_config: KubeflowConfig, name: str) -> Optional[str]:
+  """The id of the pipeline with that name (in --namespace if set), or None."""
+  predicate = {'operation': 'EQUALS', 'key': 'display_name', 'stringValue': name}
+  page = _call(kfp_config, client.list_pipelines, page_size=2,
+               filter=json.dumps({'predicates': [predicate]}),
+               namespace=_namespace(kfp_config))
+  found = page.pipelines or []
+  if len(found) > 1:
+    raise KubeflowError(f'{len(found)} pipelines are named {name!r}: expected one')
+  return found[0].pipeline_id if found else None
+
+
+def _versions(client, kfp_config: KubeflowConfig, pipeline_id: str) -> Iterator[Any]:
+  """The pipeline's versions, newest first (all pages)."""
+  token = ''
+  while True:
+    page = _call(kfp_config, client.list_pipeline_versions, pipeline_id=pipeline_id,
+                 page_token=token, page_size=100, sort_by='created_at desc')
+    yield from page.pipeline_versions or []
+    token = page.next_page_token or ''
+    if not token:
+      return
+
+
+def _version(pipeline_name: str, version: Any) -> PipelineVersion:
+  return PipelineVersion(pipeline_id=version.pipeline_id, pipeline_name=pipeline_name,
+                         version_id=version.pipeline_version_id,
+                         name=version.display_name or '',
+                         created_at=_timestamp(version.created_at))
+
+
+def upload(kfp_config: KubeflowConfig, spec_path: str, pipeline_name: str, name: str,
+           description: str = '', enable_caching: Optional[bool] = None,
+           exact_name: bool = False) -> Tuple[PipelineVersion, bool]:
+  """Uploads the compiled spec (both YAML documents, as the file holds them) as version
+  `name` of the pipeline, creating the pipeline first if missing. A name the pipeline's
+  newest versions already use gets `-2`, `-3`, ... (two uploads in one second), or is
+  refused if `exact_name`. `enable_caching`, if not None, is written into the uploaded
+  copy's tasks (a run of a version cannot change it). Returns the version and whether the
+  pipeline was created."""
+  check_spec(spec_path)
+  client = connect(kfp_config)
+  pipeline_id = find_pipeline(client, kfp_config, pipeline_name)
+  created = pipeline_id is None
+  if not created:
+    page = _call(kfp_config, client.list_pipeline_versions, pipeline_id=pipeline_id,
+                 page_size=100, sort_by='created_at desc')
+    taken = {v.display_name for v in page.pipeline_versions or []}
+    if exact_name and name in taken:
+      raise KubeflowError(f'pipeline {pipeline_name!r} already has a version named {name!r}: '
+                          f'choose another --version-name')
+    base, count = name, 1
+    while name in taken:
+      count += 1
+      name = f'{base}-{count}'
+  if created:
+    # Not the upload route: it would also make a first version named after the pipeline.
+    import kfp_server_api  # pylint: disable=import-outside-toplevel
+    pipeline = _call(kfp_config, client._pipelines_api.create_pipeline,  # pylint: disable=protected-access
+                     body=kfp_server_api.V2beta1Pipeline(
+                         display_name=pipeline_name, description=description or None,
+                         namespace=_namespace(kfp_config)))
+    pipeline_id = pipeline.pipeline_id
+  with tempfile.TemporaryDirectory() as folder:
+    path = spec_path if enable_caching is None else _with_caching(spec_path, enable_caching,
+                                                                  Path(folder))
+    version = _call(kfp_config, client.upload_pipeline_version, path, name,
+                    pipeline_id=pipeline_id, description=description or None)
+  return _version(pipeline_name, version), created
+
+
+def _with_caching(spec_path: str, enable_caching: bool, folder: Path) -> str:
+  """A copy of the spec file whose tasks all have caching on or off, as kfp.Client's
+  enable_caching does to a spec it sends inline; the platform document is kept."""
+  import yaml  # pylint: disable=import-outside-toplevel
+  documents = list(yaml.safe_load_all(Path(spec_path).read_text()))
+  for task in documents[0]['root']['dag']['tasks'].values():
+    task.setdefault('cachingOptions', {})['enableCache'] = enable_caching
+  copy = folder / Path(spec_path).name  # the server reads the format from the name
+  copy.write_text(yaml.safe_dump_all(documents, sort_keys=True))
+  return str(copy)
+
+
+def resolve_version(kfp_config: KubeflowConfig, pipeline_name: str,
+                    id_or_name: str) -> PipelineVersion:
+  """The pipeline's version with that id or name, or its newest for `latest`."""
+  client = connect(kfp_config)
+  pipeline_id = find_pipeline(client, kfp_config, pipeline_name)
+  if pipeline_id is None:
+    raise KubeflowError(f'no pipeline named {pipeline_name!r} on the server (run `python -m '
+                        f'kubeflow upload` first)')
+  versions = list(_versions(client, kfp_config, pipeline_id))
+  match = [v for v in versions if id_or_name in (v.pipeline_version_id, v.display_name)]
+  if not match and id_or_name == LATEST:
+    match = versions[:1]
+  if not match:
+    newest = ', '.join(repr(v.display_name) for v in versions[:3]) or 'none'
+    raise KubeflowError(f'pipeline {pipeline_name!r} has no version with id or name '
+                        f'{id_or_name!r} (newest: {newest}; `python -m kubeflow upload` adds '
+                        f'one)')
+  return _version(pipeline_name, match[0])
+
+
+def latest_run_id(kfp_config: KubeflowConfig, experiment: str) -> str:
+  """The experiment's newest run, for `wait` without a run id."""
+  runs = list_runs(kfp_config, experiment, limit=1)
+  if not runs:
+    raise KubeflowError(f'no runs in experiment {experiment!r} to wait for')
+  return runs[0].run_id

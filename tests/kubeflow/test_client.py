@@ -10,17 +10,19 @@ import socket
 import time
 
 import pytest
-from google.protobuf import json_format
-from kfp.pipeline_spec import pipeline_spec_pb2
 
 from kubeflow import client
 from kubeflow.__main__ import main
 from tests.kubeflow.conftest import PIPELINE_ROOT
 
 
-def as_sent(spec):
-  """The spec as the client sends it: through the proto, which omits false/empty values."""
-  return json_format.MessageToDict(json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec()))
+def run_version(fake_kfp, request):
+  """The uploaded pipeline version a run or recurring run request references."""
+  reference = request.body['pipeline_version_reference']
+  (version,) = [v for v in fake_kfp.versions
+                if v.pipeline_version_id == reference['pipeline_version_id']]
+  assert reference['pipeline_id'] == version.pipeline_id
+  return version
 
 
 def cli(capsys, fake_kfp, compiled, *argv):
@@ -42,8 +44,9 @@ def test_submit_sends_the_compiled_spec_as_one_run(capsys, fake_kfp, compiled):
   assert run.body['display_name'] == 'nightly check'
   assert run.body['experiment_id'] == 'exp-1'
   assert run.body['service_account'] == 'pipeline-runner'
-  assert run.body['pipeline_spec'] == {'pipeline_spec': as_sent(compiled.spec),
-                                       'platform_spec': compiled.platform}
+  assert 'pipeline_spec' not in run.body  # it runs the version uploaded just before
+  assert run_version(fake_kfp, run).pipeline_spec == {'pipeline_spec': compiled.spec,
+                                                      'platform_spec': compiled.platform}
   assert run.body['runtime_config']['pipeline_root'] == PIPELINE_ROOT  # never read from the spec
   assert run.headers['authorization'] == 'Bearer s3cret'
 
@@ -72,8 +75,11 @@ def test_submit_without_cache_turns_caching_off_for_every_task(capsys, fake_kfp,
   code, _, err = cli(capsys, fake_kfp, compiled, 'submit', '--no-cache')
   assert code == 0, err
   (run,) = fake_kfp.calls('POST', '/runs')
-  tasks = run.body['pipeline_spec']['pipeline_spec']['root']['dag']['tasks']
+  version = run_version(fake_kfp, run)  # a run of a version cannot change caching
+  tasks = version.pipeline_spec['pipeline_spec']['root']['dag']['tasks']
   assert {t['cachingOptions'].get('enableCache', False) for t in tasks.values()} == {False}
+  assert version.pipeline_spec['platform_spec'] == compiled.platform
+  assert version.display_name.endswith('-no-cache')
 
 
 def test_schedule_creates_a_nightly_recurring_run_one_at_a_time_without_catchup(
@@ -90,8 +96,8 @@ def test_schedule_creates_a_nightly_recurring_run_one_at_a_time_without_catchup(
   assert body['trigger'] == {'cron_schedule': {'cron': '0 0 3 * * *'}}
   assert body['max_concurrency'] == 1
   assert body['no_catchup'] is True
-  assert body['pipeline_spec']['pipeline_spec']['pipelineInfo'] == {'name': 'mnist'}
-  assert body['pipeline_spec']['platform_spec'] == compiled.platform
+  assert run_version(fake_kfp, request).pipeline_spec == {'pipeline_spec': compiled.spec,
+                                                          'platform_spec': compiled.platform}
   assert body['runtime_config']['pipeline_root'] == PIPELINE_ROOT
   assert request.headers['cookie'] == 'authservice_session=abc'
 
