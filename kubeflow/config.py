@@ -38,11 +38,20 @@ PIPELINE_ROOT_SCHEMES = ('gs://', 's3://', 'minio://')
 # one field their proto lacks fails the task at launch: 2.0.x (Kubeflow 1.8) has only the
 # first four; tolerations and imagePullSecret came with 2.1. '2.2' stands for 2.2 and later
 # (Kubeflow 1.9, 1.10). See docs/kubeflow.md.
+# activeDeadlineSeconds (a task's timeout) came with 2.1 too: the driver sets it as the
+# pod's activeDeadlineSeconds. '2.4.1' stands for 2.4.1 and later (Kubeflow 1.10): the
+# same Kubernetes fields, and the first backend whose Argo compiler turns a task's
+# retryPolicy into a retryStrategy (argocompiler/container.go); older ones accept the
+# field and ignore it.
 PLATFORM_FIELDS = {
     '2.0': ('pvcMount', 'nodeSelector', 'secretAsEnv', 'secretAsVolume'),
     '2.2': ('pvcMount', 'nodeSelector', 'secretAsEnv', 'secretAsVolume', 'tolerations',
-            'imagePullSecret'),
+            'imagePullSecret', 'activeDeadlineSeconds'),
+    '2.4.1': ('pvcMount', 'nodeSelector', 'secretAsEnv', 'secretAsVolume', 'tolerations',
+              'imagePullSecret', 'activeDeadlineSeconds'),
 }
+# The generations that retry a task per the pipeline spec's PipelineTaskSpec.retryPolicy.
+RETRY_GENERATIONS = ('2.4.1',)
 
 
 @dataclasses.dataclass
@@ -70,7 +79,13 @@ class KubeflowConfig:
   cpu_request: float = 0.5                 # cores per task (at most cpu_limit)
   memory_request: float = 2.0              # GB per task (at most memory_limit)
   # The backend generation, which decides the Kubernetes settings the spec may carry.
-  kfp_backend: str = '2.2'                 # 2.0 (Kubeflow 1.8) or 2.2 (2.2+: Kubeflow 1.9+)
+  kfp_backend: str = '2.2'                 # 2.0 (Kubeflow 1.8), 2.2 (2.2+: Kubeflow 1.9+) or
+                                           # 2.4.1 (2.4.1+: Kubeflow 1.10; task retries)
+  # When a task fails or hangs: retries (backend 2.4.1+) and timeouts (2.2+), per task.
+  task_retries: int = 0                    # retries of a failed task; 0 = none
+  task_retry_backoff: int = 60             # seconds before the first retry, doubling after
+  task_timeout: int = 0                    # seconds a task's pod may run; 0 = no limit
+  trainer_timeout: int = 0                 # the Trainer's own limit; 0 = task_timeout
   # Credentials, in every task: storage keys from Secrets, and registry pull secrets.
   secret_env: str = ''                     # SECRET:KEY=ENV_VAR,... Secret keys as env vars
   secret_volumes: str = ''                 # SECRET:/mount/path,... Secrets as files
@@ -115,6 +130,7 @@ class KubeflowConfig:
     self.secret_env_vars()
     self.pull_secrets()
     self.trainer_tolerations()
+    self.check_task_policies()
     # The driver names each pod volume after its claim or Secret (extendPodSpecPatch): a
     # name used twice makes a pod Kubernetes rejects.
     names = [name for name, _ in self.pvc_volumes() + self.secret_mounts()]
@@ -196,6 +212,38 @@ class KubeflowConfig:
           f'ones); found {extra}. Use --kfp-backend 2.2 on KFP 2.2 or later, or drop them '
           f'(only {self.gpu_resource}:NoSchedule is added by the cluster itself)')
     return []
+
+  def check_task_policies(self) -> None:
+    """Retries and timeouts only where the backend applies them: set elsewhere they would
+    be ignored without a word (retries) or fail every task at launch (timeouts on 2.0)."""
+    for name in ('task_retries', 'task_retry_backoff', 'task_timeout', 'trainer_timeout'):
+      if getattr(self, name) < 0:
+        raise ValueError(f'{name} must be >= 0, found {getattr(self, name)}')
+    if self.task_retries and self.kfp_backend not in RETRY_GENERATIONS:
+      raise ValueError(
+          f'task_retries: KFP backend {self.kfp_backend} does not retry tasks (its Argo '
+          f'compiler ignores the spec\'s retryPolicy; retries came with 2.4.1), found '
+          f'{self.task_retries}. Use --kfp-backend 2.4.1 on KFP 2.4.1 or later (Kubeflow '
+          f'1.10), or --task-retries 0')
+    if (self.task_timeout or self.trainer_timeout) and not self.supports(
+        'activeDeadlineSeconds'):
+      raise ValueError(
+          f'task_timeout and trainer_timeout: KFP backend {self.kfp_backend} cannot set them '
+          f'(its Kubernetes executor config has no activeDeadlineSeconds field and its driver '
+          f'rejects unknown ones); found {self.task_timeout}, {self.trainer_timeout}. Use '
+          f'--kfp-backend 2.2 on KFP 2.2 or later, or leave them 0')
+
+  def timeout_seconds(self, trainer: bool) -> int:
+    """A task's pod deadline in seconds (0 = none): the Trainer's own, else task_timeout."""
+    return (self.trainer_timeout or self.task_timeout) if trainer else self.task_timeout
+
+  def retry_policy(self) -> Dict[str, Any]:
+    """PipelineTaskSpec.retryPolicy (JSON names), {} without retries. No
+    backoffMaxDuration: Argo reads it as a deadline for the whole retried task."""
+    if not self.task_retries:
+      return {}
+    return {'maxRetryCount': self.task_retries,
+            'backoffDuration': f'{self.task_retry_backoff}s', 'backoffFactor': 2.0}
 
   def secret_env_vars(self) -> Dict[str, List[Tuple[str, str]]]:
     """{secret: [(key, env_var)]} from `SECRET:KEY=ENV_VAR,...`, in the order given."""

@@ -164,6 +164,8 @@ def kubernetes_settings(kfp: KubeflowConfig, trainer: bool) -> Dict[str, Any]:
                                   for secret, path in kfp.secret_mounts()]
   if kfp.pull_secrets():
     settings['imagePullSecret'] = [{'secretName': name} for name in kfp.pull_secrets()]
+  if kfp.timeout_seconds(trainer):  # int64: a string in proto JSON, as kfp-kubernetes writes
+    settings['activeDeadlineSeconds'] = str(kfp.timeout_seconds(trainer))
   if trainer and kfp.gpu_count:
     if kfp.node_selector_labels():
       settings['nodeSelector'] = {'labels': kfp.node_selector_labels()}
@@ -182,6 +184,16 @@ def kubernetes_platform_spec(kfp: KubeflowConfig, executors: List[str]) -> Dict[
   if not result:
     return {}
   return {'platforms': {'kubernetes': {'deploymentSpec': {'executors': result}}}}
+
+
+def apply_retry_policy(spec: Dict[str, Any], kfp: KubeflowConfig) -> None:
+  """Every task's PipelineTaskSpec.retryPolicy, if retries are configured: backend 2.4.1's
+  Argo compiler makes it the retryStrategy of the task's executor (config.RETRY_GENERATIONS;
+  the config refuses retries for generations that would ignore them)."""
+  policy = kfp.retry_policy()
+  if policy:
+    for task in spec['root']['dag']['tasks'].values():
+      task['retryPolicy'] = dict(policy)
 
 
 def compile_spec(params: PipelineParams, kfp: KubeflowConfig) -> Dict[str, Any]:
@@ -204,6 +216,7 @@ def compile_spec(params: PipelineParams, kfp: KubeflowConfig) -> Dict[str, Any]:
   tasks = spec['root']['dag']['tasks']
   for never_cached in NEVER_CACHED:
     tasks[never_cached].setdefault('cachingOptions', {})['enableCache'] = False
+  apply_retry_policy(spec, kfp)
   # TFX's file-based ExampleGen container ignores with_platform_config; set it here.
   example_gen = spec['deploymentSpec']['executors'][executor_label(ids.EXAMPLE_GEN)]
   if 'resources' not in example_gen['container']:

@@ -117,3 +117,16 @@ def fake_kfp(monkeypatch, tmp_path) -> Iterator[FakeKfp]:
   server = FakeKfp()
   yield server
   server.stop()
+
+
+@pytest.fixture(scope='session')
+def compiled_with_retries(data_dir: Path, tmp_path_factory) -> Compiled:
+  """The spec for KFP backend 2.4.1 and later, with task retries and timeouts (the
+  Trainer's own longer one)."""
+  from kubeflow.__main__ import main  # pylint: disable=import-outside-toplevel
+  out = tmp_path_factory.mktemp('spec') / 'mnist-2.4.1.yaml'
+  argv = compile_args(data_dir, out, '--kfp-backend', '2.4.1', '--task-retries', '2',
+                      '--task-retry-backoff', '30', '--task-timeout', '7200',
+                      '--trainer-timeout', '43200', '--image-pull-secrets', PULL_SECRET)
+  assert main(argv) == 0
+  return load_compiled(out, data_dir, argv)

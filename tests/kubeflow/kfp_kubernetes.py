@@ -18,8 +18,9 @@ from typing import Any, Dict, List, Tuple
 
 # Backend generation -> the kfp-kubernetes release with the same KubernetesExecutorConfig:
 # backend 2.0.x pins kubernetes_platform at bd9f74e (go.mod), the proto of 1.0.0; backend
-# 2.2.0 pins 8b2a099, the proto of 1.2.0 (fields 1-15).
-RELEASES = {'2.0': '1.0.0', '2.2': '1.2.0'}
+# 2.2.0 pins 8b2a099, the proto of 1.2.0 (fields 1-15). 2.4.1 pins d911c8b (1.3.0's proto,
+# a superset) and parses without strictness; 1.2.0's proto checks it conservatively.
+RELEASES = {'2.0': '1.0.0', '2.2': '1.2.0', '2.4.1': '1.2.0'}
 
 _PARSE = '''
 import importlib.util, json, sys

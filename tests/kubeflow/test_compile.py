@@ -231,3 +231,18 @@ def test_gpus_without_the_cuda_image_are_refused(capsys, data_dir, tmp_path):
   assert 'gpu_count is 1 but gpu_image is not set' in err and '--gpu-count 0' in err
   assert not (tmp_path / 'spec.yaml').exists()
   assert main([*argv, '--gpu-count', '0', '--output', str(tmp_path / 'cpu.yaml')]) == 0
+
+
+def test_retries_are_every_task_s_retry_policy_on_backend_2_4_1(compiled_with_retries,
+                                                                  compiled):
+  """PipelineTaskSpec.retryPolicy of every root task, which 2.4.1's Argo compiler turns
+  into the executor's retryStrategy (limit, backoff duration and factor)."""
+  from kfp.pipeline_spec import pipeline_spec_pb2  # pylint: disable=import-outside-toplevel
+  policies = [task.get('retryPolicy') for task in compiled_with_retries.tasks.values()]
+  assert policies == [{'maxRetryCount': 2, 'backoffDuration': '30s',
+                       'backoffFactor': 2.0}] * len(compiled.tasks)
+  proto = json_format.ParseDict(compiled_with_retries.spec, pipeline_spec_pb2.PipelineSpec())
+  trainer = proto.root.dag.tasks[ids.TRAINER].retry_policy
+  assert (trainer.max_retry_count, trainer.backoff_duration.seconds,
+          trainer.backoff_factor) == (2, 30, 2.0)
+  assert not [t for t in compiled.tasks.values() if 'retryPolicy' in t]

@@ -44,7 +44,8 @@ def test_the_2_0_proto_rejects_tolerations_as_its_driver_does():
 
 
 @pytest.mark.parametrize('fixture, generation', [('compiled', '2.2'),
-                                                 ('compiled_for_2_0', '2.0')])
+                                                 ('compiled_for_2_0', '2.0'),
+                                                 ('compiled_with_retries', '2.4.1')])
 def test_every_executor_config_parses_strictly_on_its_backend(request, fixture, generation):
   compiled = request.getfixturevalue(fixture)
   configs = executors(compiled)
@@ -103,3 +104,34 @@ def test_without_a_gpu_the_2_0_backend_takes_any_tolerations_setting():
   """Tolerations are the Trainer's GPU-pool settings: with no GPU none is emitted."""
   kfp = kfp_configs.KubeflowConfig(kfp_backend='2.0', gpu_count=0, tolerations='pool=gpu')
   assert 'tolerations' not in runner.kubernetes_settings(kfp, trainer=True)
+
+
+def test_task_timeouts_are_pod_deadlines_the_trainer_its_own(compiled_with_retries, compiled):
+  """activeDeadlineSeconds, which the 2.1+ driver copies into the pod spec."""
+  deadlines = {label: settings.get('activeDeadlineSeconds')
+               for label, settings in executors(compiled_with_retries).items()}
+  assert deadlines.pop(TRAINER) == '43200'
+  assert set(deadlines.values()) == {'7200'}
+  assert not [s for s in executors(compiled).values() if 'activeDeadlineSeconds' in s]
+
+
+def test_the_2_0_proto_rejects_a_timeout_which_2_2_parses():
+  config = {'activeDeadlineSeconds': '7200'}
+  assert 'no field named "activeDeadlineSeconds"' in kfp_kubernetes.parse_strictly(
+      '2.0', {TRAINER: config})[1][TRAINER]
+  assert kfp_kubernetes.parse_strictly('2.2', {TRAINER: config})[1] == {}
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'kfp_backend': '2.0', 'task_timeout': 600},
+     'task_timeout and trainer_timeout: KFP backend 2.0 cannot set them'),
+    ({'kfp_backend': '2.0', 'trainer_timeout': 600}, 'KFP backend 2.0 cannot set them'),
+    ({'kfp_backend': '2.2', 'task_retries': 1},
+     'task_retries: KFP backend 2.2 does not retry tasks'),
+    ({'kfp_backend': '2.0', 'task_retries': 1}, 'Use --kfp-backend 2.4.1 on KFP 2.4.1'),
+    ({'kfp_backend': '2.4.1', 'task_retries': -1}, 'task_retries must be >= 0, found -1'),
+])
+def test_retries_and_timeouts_are_refused_where_the_backend_would_not_apply_them(
+    overrides, message):
+  with pytest.raises(ValueError, match=message):
+    kfp_configs.KubeflowConfig(**overrides)
