@@ -1,6 +1,7 @@
 """Runs of the compiled pipeline on a Kubeflow Pipelines cluster, through `kfp.Client`.
 
-One run now (`submit`), a recurring run (`schedule`), and listing and removing recurring
+The compiled spec registered as a pipeline version (`upload`), one run now (`submit`), a
+recurring run (`schedule`), both of a pipeline version, and listing and removing recurring
 runs. Every run and recurring run carries the pipeline root in its runtime config: no
 backend reads the spec's `defaultPipelineRoot`; without it the driver would fall back to
 the namespace's `kfp-launcher` ConfigMap, then to KFP's MinIO bucket. The requests are the KFP v2beta1 REST API calls that the installed kfp client
