@@ -186,6 +186,11 @@ class FakeKfp:
     if (method, route) == ('POST', '/pipelines'):
       return self.create_pipeline(body['display_name'], body.get('description') or '',
                                   body.get('namespace') or '')
+    if method == 'POST' and route.startswith('/pipelines/upload') and not (
+        body['uploadfile'][0].endswith(('.yaml', '.yml', '.json'))):
+      # ReadPipelineFile takes the format from the name (or zip/tarball content).
+      return _upload_error(400, 'Failed to read a pipeline spec file: Unexpected pipeline '
+                                'file format. Support .zip, .tar.gz, .json or YAML')
     if (method, route) == ('POST', '/pipelines/upload'):
       name = one('name') or body['uploadfile'][0].rsplit('.', 1)[0]  # as buildPipelineName
       status, pipeline = self.create_pipeline(name, one('description'), one('namespace'))

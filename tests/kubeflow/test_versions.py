@@ -162,3 +162,14 @@ def test_the_fake_serves_the_upload_routes_and_refuses_unknown_versions(fake_kfp
   with pytest.raises(kfp_server_api.ApiException) as foreign:
     run('pipeline-7', 'version-2')
   assert foreign.value.status == 400 and 'belongs to pipeline pipeline-1' in foreign.value.body
+
+
+def test_an_upload_the_server_refuses_is_one_clear_line(capsys, fake_kfp, compiled, tmp_path):
+  """The upload routes answer errors as {error_message, ...}, not the gateway's form."""
+  text_file = tmp_path / 'mnist.txt'
+  text_file.write_text(compiled.path.read_text())
+  code, _, err = cli(capsys, fake_kfp, compiled, 'upload', '--spec-path', str(text_file))
+  assert code == 1
+  assert err.startswith(f'error: Kubeflow Pipelines at {fake_kfp.host} answered HTTP 400 ')
+  assert err.rstrip().endswith('Unexpected pipeline file format. Support .zip, .tar.gz, '
+                               '.json or YAML')
