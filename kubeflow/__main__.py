@@ -148,6 +148,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f'Trainer {kfp.trainer_image} with {gpus}\n  pipeline root {kfp.pipeline_root}'
             f'\n  data {kfp.data_uri}\n  serving '
             f'{runner.model_serving_uri(config, kfp)}/<version>/')
+      if kfp.task_retries or kfp.task_timeout or kfp.trainer_timeout:
+        limit = lambda seconds: f'{seconds} s' if seconds else 'none'  # pylint: disable=unnecessary-lambda-assignment
+        print(f'  retries {kfp.task_retries} per task; timeout {limit(kfp.task_timeout)} per '
+              f'task, {limit(kfp.timeout_seconds(trainer=True))} for the Trainer')
     elif args.command == 'upload':
       _pipeline_version(args, config.pipeline_name, kfp, spec, None)
     elif args.command == 'submit':
