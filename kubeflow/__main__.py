@@ -124,6 +124,10 @@ def _pipeline_version(args: argparse.Namespace, pipeline_name: str,
   return version
 
 
+def _seconds(seconds: int) -> str:
+  return f'{seconds} s' if seconds else 'none'
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   logs.quiet()  # before anything imports TensorFlow
   parser = _parser()
@@ -149,9 +153,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f'\n  data {kfp.data_uri}\n  serving '
             f'{runner.model_serving_uri(config, kfp)}/<version>/')
       if kfp.task_retries or kfp.task_timeout or kfp.trainer_timeout:
-        limit = lambda seconds: f'{seconds} s' if seconds else 'none'  # pylint: disable=unnecessary-lambda-assignment
-        print(f'  retries {kfp.task_retries} per task; timeout {limit(kfp.task_timeout)} per '
-              f'task, {limit(kfp.timeout_seconds(trainer=True))} for the Trainer')
+        print(f'  retries {kfp.task_retries} per task; timeout {_seconds(kfp.task_timeout)} '
+              f'per task, {_seconds(kfp.timeout_seconds(trainer=True))} for the Trainer')
     elif args.command == 'upload':
       _pipeline_version(args, config.pipeline_name, kfp, spec, None)
     elif args.command == 'submit':
