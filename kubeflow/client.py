@@ -17,7 +17,7 @@ import json
 import os
 import time
 import warnings
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from kubeflow.config import KubeflowConfig
 
@@ -224,21 +224,24 @@ def experiment_id(client, kfp_config: KubeflowConfig, name: str, create: bool) -
 
 
 def submit(kfp_config: KubeflowConfig, spec_path: str, experiment: str, run_name: str,
-           enable_caching: Optional[bool] = None) -> Any:
-  """One run of the compiled spec now; returns the V2beta1Run."""
+           enable_caching: Optional[bool] = None,
+           params: Optional[Dict[str, Any]] = None) -> Any:
+  """One run of the compiled spec now; returns the V2beta1Run. `params`: the run's
+  pipeline parameters (runtime_config.parameters; kubeflow/params.py checks them)."""
   check_spec(spec_path)
   client = connect(kfp_config)
   exp_id = experiment_id(client, kfp_config, experiment, create=True)
   return _call(kfp_config, client.run_pipeline, experiment_id=exp_id, job_name=run_name,
                pipeline_package_path=spec_path, enable_caching=enable_caching,
-               pipeline_root=kfp_config.pipeline_root,
+               pipeline_root=kfp_config.pipeline_root, params=params or None,
                service_account=kfp_config.service_account or None)
 
 
 def schedule(kfp_config: KubeflowConfig, spec_path: str, experiment: str, name: str,
              cron: str, max_concurrency: int = MAX_CONCURRENCY, catchup: bool = False,
              enable_caching: Optional[bool] = None,
-             description: str = '') -> Tuple[Any, List[str]]:
+             description: str = '',
+             params: Optional[Dict[str, Any]] = None) -> Tuple[Any, List[str]]:
   """A recurring run of the compiled spec, replacing the experiment's recurring runs of the
   same name (so scheduling again updates it, never doubles it). Returns the new
   V2beta1RecurringRun and the ids it replaced; the old ones go only once the new one
@@ -255,7 +258,7 @@ def schedule(kfp_config: KubeflowConfig, spec_path: str, experiment: str, name: 
                   job_name=name, description=description or None, cron_expression=cron,
                   max_concurrency=max_concurrency, no_catchup=not catchup,
                   pipeline_package_path=spec_path, enable_caching=enable_caching,
-                  pipeline_root=kfp_config.pipeline_root,
+                  pipeline_root=kfp_config.pipeline_root, params=params or None,
                   service_account=kfp_config.service_account or None)
   for old in replaced:
     _call(kfp_config, client.delete_recurring_run, old)

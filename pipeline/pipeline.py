@@ -23,7 +23,7 @@ from components.mnist_example_gen.component import MnistExampleGen
 from components.runtime_trainer import RuntimeTrainer
 from components.served_baseline import ServedBaselineEvaluator
 from pipeline import component_ids as ids
-from pipeline.configs import DRIFT_BOUNDS, Locations, PipelineParams
+from pipeline.configs import DRIFT_BOUNDS, RUNTIME_PARAMETERS, Locations, PipelineParams
 from pipeline.fingerprint import code_fingerprint
 from trainer import features
 
@@ -35,12 +35,8 @@ RUN_FN = f'{RUN_MODULE}.run_fn'
 # The gate reads the canonical test split: the base data's slice (span 0). Each span's
 # holdout is its own slice beside it, reported and not gated.
 GATE_SLICE = tfma.SlicingSpec(feature_values={features.SPAN_KEY: str(features.BASE_SPAN)})
-# The pipeline parameters of a compiled (Kubeflow) spec: name -> type. A run or schedule
-# sets them without recompiling; everything else is fixed at compile time.
-EPOCHS, LEARNING_RATE, ACCURACY_THRESHOLD, DATA_URI = (
-    'epochs', 'learning_rate', 'accuracy_threshold', 'data_uri')
-RUNTIME_PARAMETERS: Dict[str, type] = {EPOCHS: int, LEARNING_RATE: float,
-                                       ACCURACY_THRESHOLD: float, DATA_URI: str}
+# The pipeline parameters of a compiled (Kubeflow) spec: configs.RUNTIME_PARAMETERS.
+EPOCHS, LEARNING_RATE, ACCURACY_THRESHOLD, DATA_URI = RUNTIME_PARAMETERS
 
 
 class RunValues(NamedTuple):

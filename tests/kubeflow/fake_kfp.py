@@ -4,7 +4,10 @@ It answers the KFP v2beta1 REST calls `kfp.Client` makes for submit/schedule/lis
 with bodies built from kfp_server_api's own models (so the client parses them as it would
 the real server's), and can be told to fail a route with a status and message. It refuses
 a run or recurring run without `runtime_config.pipeline_root`: the real server accepts it,
-but then the driver ignores the spec's root and writes to the namespace default.
+but then the driver ignores the spec's root and writes to the namespace default. Like
+the real server (backend 2.0.0 and 2.2.0, template/v2_template.go
+validatePipelineJobInputs), it refuses runtime parameters the spec's root does not
+declare, a required one left out, and values of the wrong kind.
 """
 
 from __future__ import annotations
@@ -28,6 +31,36 @@ class Request:
   query: Dict[str, List[str]]
   body: Any
   headers: Dict[str, str]  # lower-case names
+
+
+NUMBER_TYPES = ('NUMBER_DOUBLE', 'NUMBER_INTEGER')
+
+
+def parameter_problem(body: Dict[str, Any]) -> Optional[str]:
+  """What validatePipelineJobInputs says of the run's runtime parameters, if anything."""
+  spec = (body.get('pipeline_spec') or {}).get('pipeline_spec')
+  if spec is None:  # a run of an uploaded pipeline version: the server has the spec
+    return None
+  declared = spec.get('root', {}).get('inputDefinitions', {}).get('parameters', {})
+  given = (body.get('runtime_config') or {}).get('parameters') or {}
+  for name, definition in declared.items():
+    if name not in given:
+      if not definition.get('isOptional') and 'defaultValue' not in definition:
+        return (f'parameter {name} is not optional, yet has neither default value nor '
+                f'user provided value')
+      continue
+    kind, value = definition.get('parameterType'), given[name]
+    if kind in NUMBER_TYPES and (isinstance(value, bool) or
+                                 not isinstance(value, (int, float))):
+      return (f'input parameter {name} requires type double or integer, but the parameter '
+              f'value is not of number value type')
+    if kind == 'STRING' and not isinstance(value, str):
+      return (f'input parameter {name} requires type string, but the input parameter is '
+              f'not of string value type')
+  extra = sorted(set(given) - set(declared))
+  if extra:
+    return f'parameter(s) provided are not required by pipeline: {", ".join(extra)}'
+  return None
 
 
 def _json(model) -> Any:
@@ -104,6 +137,11 @@ class FakeKfp:
       return 400, {'error': 'no runtime_config.pipeline_root', 'code': 3,
                    'message': 'no runtime_config.pipeline_root: the driver would use the '
                               "namespace's kfp-launcher ConfigMap, not the spec's root"}
+    problem = (parameter_problem(body) if method == 'POST' and
+               route in ('/runs', '/recurringruns') else None)
+    if problem:
+      message = f'invalid pipeline job inputs: {problem}'
+      return 400, {'error': message, 'code': 3, 'message': message}
     if (method, route) == ('GET', '/healthz'):
       return 200, _json(kfp_server_api.V2beta1GetHealthzResponse(multi_user=False))
     if (method, route) == ('GET', '/experiments'):
