@@ -243,6 +243,16 @@ def test_epochs_and_learning_rate_of_a_run_reach_run_fn_typed(compiled, tmp_path
   assert json.loads(model['metadata']['training'])['epochs'] == 5  # the Pusher's record
 
 
+def test_a_fractional_epochs_is_an_error_not_truncated(compiled, tmp_path, monkeypatch, capsys):
+  """The API server takes 2.5 for an integer parameter; TFX's entrypoint would train 2."""
+  launcher = Launcher(bound(compiled.spec, epochs=2.5), tmp_path / 'pod')
+  monkeypatch.setenv(entrypoint.LOCAL_ROOT_ENV, str(launcher.mirror))
+  argv = launcher.args(ids.TRAINER, local_inputs(tmp_path, 'examples', 'transform_graph',
+                                                 'schema'))
+  assert entrypoint.main(argv) == 2
+  assert "parameter 'epochs': expected a whole number, found 2.5" in capsys.readouterr().err
+
+
 def test_an_unset_parameter_runs_with_the_compiled_default(compiled, tmp_path, monkeypatch):
   from tfx.components.trainer import executor as trainer_executor  # pylint: disable=import-outside-toplevel
   seen = {}
