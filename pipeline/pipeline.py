@@ -163,7 +163,8 @@ def create_pipeline(
   the MNIST ExampleGen by any node with an `examples` output (the reliability tests feed
   hand-written bad examples through the real DAG that way)."""
   example_gen = example_gen or MnistExampleGen(
-      data_dir=locations.data if run_values.data is None else run_values.data, eval_size=params.eval_size,
+      data_dir=locations.data if run_values.data is None else run_values.data,
+      eval_size=params.eval_size,
       limit_train=params.limit_train, limit_test=params.limit_test,
       span_window=params.span_window, holdout_fraction=params.holdout_fraction,
       code_fingerprint=code_fingerprint(EXAMPLE_GEN_MODULE)).with_id(ids.EXAMPLE_GEN)
