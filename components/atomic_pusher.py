@@ -45,6 +45,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import io_utils, json_utils, proto_utils
 
+from components.runtime_trainer import TRAINING_PROPERTY
 from components.served_baseline import BASELINE_VERSION_KEY, served_version
 from trainer.serving_layout import (EVALUATION_RECORD, PUSHER_FILES, STAGING_PREFIX,
                                     latest_version, next_version)
@@ -127,6 +128,9 @@ class Executor(pusher_executor.Executor):
     served = served_version(base)
     record = evaluation_record(blessing, exec_properties.get(RECORD_KEY) or '{}',
                                self._context.pipeline_run_id if self._context else None)
+    trained = trained_with(input_dict)
+    if trained is not None:
+      record['training'] = trained
     model_path = self.GetModelPath(input_dict)
     if '://' in base:
       # Object stores have no atomic folder rename: TFX's own push (saved_model.pb last),
@@ -158,6 +162,15 @@ class Executor(pusher_executor.Executor):
                     '%s, but %s is served now; the next run compares with it.',
                     compared_with or '(none)', served or '(none)')
     self._MarkNotPushed(model_push)
+
+
+def trained_with(input_dict: Dict[str, List[types.Artifact]]) -> Dict[str, Any] | None:
+  """The training config the model artifact says it was trained with (epochs and
+  learning rate may be set per run on Kubeflow, unlike the rest of the record)."""
+  models = input_dict.get(standard_component_specs.MODEL_KEY) or []
+  if len(models) != 1 or not models[0].has_custom_property(TRAINING_PROPERTY):
+    return None
+  return json.loads(models[0].get_string_custom_property(TRAINING_PROPERTY))
 
 
 def evaluation_record(blessing: types.Artifact, fixed: str,

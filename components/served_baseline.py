@@ -21,14 +21,16 @@ span) and `spans` (the spans the candidate's examples held).
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from absl import logging
+from google.protobuf import json_format
 import tensorflow_model_analysis as tfma
 from tfx import types
 from tfx.components.evaluator import executor as evaluator_executor
 from tfx.dsl.components.base import base_beam_component, base_driver, executor_spec
 from tfx.dsl.io import fileio
+from tfx.orchestration import data_types
 from tfx.orchestration.portable import base_driver as ir_base_driver
 from tfx.orchestration.portable import data_types as portable_data_types
 from tfx.proto.orchestration import driver_output_pb2
@@ -42,6 +44,10 @@ from trainer import features
 
 SERVING_DIR_KEY = 'serving_dir'
 BASELINE_VERSION_KEY = 'baseline_version'   # '' = nothing served
+# The gate's absolute bound, when given apart from eval_config (a pipeline parameter on
+# Kubeflow: TFX's compiler binds whole execution properties only, not a field of a proto).
+ACCURACY_THRESHOLD_KEY = 'accuracy_threshold'
+GATE_METRIC = 'SparseCategoricalAccuracy'   # the metric whose value bound is the gate
 ACCURACY = 'sparse_categorical_accuracy'
 CANDIDATE, BASELINE = 'candidate', 'baseline'  # TFMA's model names with a baseline
 
@@ -63,6 +69,7 @@ class ServedBaselineEvaluatorSpec(standard_component_specs.EvaluatorSpec):
       **standard_component_specs.EvaluatorSpec.PARAMETERS,
       SERVING_DIR_KEY: ExecutionParameter(type=str),
       BASELINE_VERSION_KEY: ExecutionParameter(type=str, optional=True),
+      ACCURACY_THRESHOLD_KEY: ExecutionParameter(type=float, optional=True),
   }
 
 
@@ -82,6 +89,27 @@ class Driver(base_driver.BaseDriver, ir_base_driver.BaseDriver):
     return result
 
 
+def with_accuracy_threshold(eval_config_json: str, threshold: float) -> str:
+  """The eval_config (TFX's JSON form) with every value bound of GATE_METRIC's
+  thresholds set to `threshold`; an eval_config without one cannot take it."""
+  if not 0 <= threshold <= 1:
+    raise ValueError(f'Evaluator: {ACCURACY_THRESHOLD_KEY} must be within [0, 1], found '
+                     f'{threshold!r}')
+  config = tfma.EvalConfig()
+  json_format.Parse(eval_config_json, config)
+  bounds = [t.value_threshold for spec in config.metrics_specs for metric in spec.metrics
+            if metric.class_name == GATE_METRIC
+            for t in ([metric.threshold] if metric.HasField('threshold') else []) +
+            [p.threshold for p in metric.per_slice_thresholds]
+            if t.HasField('value_threshold')]
+  if not bounds:
+    raise ValueError(f'Evaluator: {ACCURACY_THRESHOLD_KEY} given, but eval_config has no '
+                     f'value threshold on {GATE_METRIC} to apply it to')
+  for bound in bounds:
+    bound.lower_bound.value = threshold
+  return json_format.MessageToJson(config, sort_keys=True)
+
+
 def gate_slice_key() -> tfma.slicer.SingleSliceSpec:
   return tfma.slicer.SingleSliceSpec(features=[(features.SPAN_KEY, features.BASE_SPAN)])
 
@@ -93,6 +121,13 @@ class Executor(evaluator_executor.Executor):
          output_dict: Dict[str, List[types.Artifact]],
          exec_properties: Dict[str, Any]) -> None:
     serving_dir = exec_properties[SERVING_DIR_KEY]
+    threshold = exec_properties.get(ACCURACY_THRESHOLD_KEY)
+    if threshold is not None:
+      exec_properties = {**exec_properties, standard_component_specs.EVAL_CONFIG_KEY:
+                         with_accuracy_threshold(
+                             exec_properties[standard_component_specs.EVAL_CONFIG_KEY],
+                             float(threshold))}
+      logging.info('Evaluator: accuracy threshold %s', threshold)
     version = exec_properties.get(BASELINE_VERSION_KEY)
     if version is None:  # no driver ran (Kubeflow): look it up now
       found = served_version(serving_dir)
@@ -160,7 +195,10 @@ class ServedBaselineEvaluator(base_beam_component.BaseBeamComponent):
   DRIVER_CLASS = Driver
 
   def __init__(self, examples: types.BaseChannel, model: types.BaseChannel,
-               eval_config: tfma.EvalConfig, example_splits: List[str], serving_dir: str):
+               eval_config: tfma.EvalConfig, example_splits: List[str], serving_dir: str,
+               accuracy_threshold: Optional[Union[float, data_types.RuntimeParameter]] = None):
+    """`accuracy_threshold`, when given, replaces eval_config's bound on GATE_METRIC at
+    run time (see with_accuracy_threshold)."""
     spec = ServedBaselineEvaluatorSpec(
         examples=examples,
         model=model,
@@ -168,6 +206,7 @@ class ServedBaselineEvaluator(base_beam_component.BaseBeamComponent):
         example_splits=json_utils.dumps(example_splits),
         fairness_indicator_thresholds=json_utils.dumps(None),
         serving_dir=serving_dir,
+        accuracy_threshold=accuracy_threshold,
         evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
         blessing=types.Channel(type=standard_artifacts.ModelBlessing))
     super().__init__(spec=spec)

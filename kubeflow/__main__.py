@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
   for sub in (submit, schedule):
     sub.add_argument('--no-cache', action='store_true',
                      help='run every task, ignoring cached results of earlier runs')
+    sub.add_argument('--param', action='append', default=[], metavar='NAME=VALUE',
+                     help='a pipeline parameter of the compiled spec for this run (epochs, '
+                          'learning_rate, accuracy_threshold, data_uri; default: the values '
+                          'compiled in); repeatable')
   _add_version_arguments(command, submit, schedule)
 
   command('list-schedules', "list the recurring runs of the pipeline's experiment")
@@ -139,11 +143,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.error(str(e))
 
   from kubeflow import client  # pylint: disable=import-outside-toplevel
+  from kubeflow import params as kfp_params  # pylint: disable=import-outside-toplevel
   logging.getLogger('urllib3').setLevel(logging.ERROR)  # its retry warnings; errors say it
   spec = kfp.spec_file(config.pipeline_name)
   experiment = kfp.experiment_name(config.pipeline_name)
   caching = False if getattr(args, 'no_cache', False) else None
   try:
+    params = (kfp_params.parse_params(client.check_spec(spec), args.param)
+              if getattr(args, 'param', None) else None)
     if args.command == 'compile':
       from kubeflow import runner  # pylint: disable=import-outside-toplevel
       path = runner.compile_pipeline(config, kfp, args.output or spec)
@@ -161,7 +168,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       now = datetime.datetime.now(datetime.timezone.utc)
       name = args.run_name or f'{config.pipeline_name} {now:%Y-%m-%d %H:%M:%S} UTC'
       version = _pipeline_version(args, config.pipeline_name, kfp, spec, caching)
-      run = client.submit(kfp, spec, experiment, name, enable_caching=caching, version=version)
+      run = client.submit(kfp, spec, experiment, name, enable_caching=caching, version=version,
+                          params=params)
       print(f'Submitted run {run.run_id} ({name!r}) in experiment {experiment!r}')
     elif args.command == 'schedule':
       name = args.name or f'{config.pipeline_name} schedule {args.cron}'
@@ -170,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       recurring, replaced = client.schedule(
           kfp, spec, experiment, name, args.cron, max_concurrency=args.max_concurrency,
           catchup=args.catchup, enable_caching=caching, description=args.description,
-          version=version)
+          version=version, params=params)
       print(f'Scheduled {recurring.recurring_run_id} ({name!r}): cron '
             f'"{client.kfp_cron(args.cron)}", max concurrency {args.max_concurrency}, '
             f'catch-up {"on" if args.catchup else "off"}, experiment {experiment!r}'

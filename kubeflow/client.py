@@ -230,21 +230,24 @@ def experiment_id(client, kfp_config: KubeflowConfig, name: str, create: bool) -
 
 def submit(kfp_config: KubeflowConfig, spec_path: str, experiment: str, run_name: str,
            enable_caching: Optional[bool] = None,
-           version: Optional['PipelineVersion'] = None) -> Any:
+           version: Optional['PipelineVersion'] = None,
+           params: Optional[Dict[str, Any]] = None) -> Any:
   """One run now, of the pipeline version if given, else of the compiled spec itself;
-  returns the V2beta1Run."""
+  returns the V2beta1Run. `params`: the run's pipeline parameters
+  (runtime_config.parameters; kubeflow/params.py checks them)."""
   source = run_source(spec_path, version, enable_caching)
   client = connect(kfp_config)
   exp_id = experiment_id(client, kfp_config, experiment, create=True)
   return _call(kfp_config, client.run_pipeline, experiment_id=exp_id, job_name=run_name,
-               **source, pipeline_root=kfp_config.pipeline_root,
+               **source, pipeline_root=kfp_config.pipeline_root, params=params or None,
                service_account=kfp_config.service_account or None)
 
 
 def schedule(kfp_config: KubeflowConfig, spec_path: str, experiment: str, name: str,
              cron: str, max_concurrency: int = MAX_CONCURRENCY, catchup: bool = False,
              enable_caching: Optional[bool] = None, description: str = '',
-             version: Optional['PipelineVersion'] = None) -> Tuple[Any, List[str]]:
+             version: Optional['PipelineVersion'] = None,
+             params: Optional[Dict[str, Any]] = None) -> Tuple[Any, List[str]]:
   """A recurring run of the compiled spec, replacing the experiment's recurring runs of the
   same name (so scheduling again updates it, never doubles it). Returns the new
   V2beta1RecurringRun and the ids it replaced; the old ones go only once the new one
@@ -260,7 +263,7 @@ def schedule(kfp_config: KubeflowConfig, spec_path: str, experiment: str, name: 
   created = _call(kfp_config, client.create_recurring_run, experiment_id=exp_id,
                   job_name=name, description=description or None, cron_expression=cron,
                   max_concurrency=max_concurrency, no_catchup=not catchup, **source,
-                  pipeline_root=kfp_config.pipeline_root,
+                  pipeline_root=kfp_config.pipeline_root, params=params or None,
                   service_account=kfp_config.service_account or None)
   for old in replaced:
     _call(kfp_config, client.delete_recurring_run, old)

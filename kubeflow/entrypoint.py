@@ -23,7 +23,11 @@ for Vertex AI Pipelines and fails under the open-source KFP v2 launcher
 3. ExampleGen's driver. TFX attaches the file-based ExampleGen driver (span, version and
    input fingerprint) as a pre-cache-check hook that only Vertex runs; it runs here,
    in-process, so the Examples artifact carries the same properties as in local runs.
-4. Data staging. The MNIST IDX reader (trainer/idx.py) and the span reader read local
+4. Integer parameters. KFP carries every number as a double and its API server takes 2.5
+   for an integer pipeline parameter; TFX's entrypoint then truncates it to 2 (a run's
+   `epochs`). A fractional value for a parameter the inputs spec declares an integer is
+   an error here instead.
+5. Data staging. The MNIST IDX reader (trainer/idx.py) and the span reader read local
    files only; an `input_base` on object storage (gs://) is copied to a local folder
    first: the base files and the sealed spans (`spans/<N>/`).
 """
@@ -197,7 +201,25 @@ def restore_uris(output_file: str, remote_by_local: Dict[str, str]) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 3 and 4. File-based ExampleGen: its driver, and data on object storage.
+# 4. Integer parameters.
+
+def check_integer_parameters(executor_input: pipeline_spec_pb2.ExecutorInput,
+                             inputs_spec: Optional[pipeline_spec_pb2.ComponentInputsSpec]
+                             ) -> None:
+  """Refuses a fractional number for a parameter declared NUMBER_INTEGER."""
+  if inputs_spec is None:
+    return
+  integer = pipeline_spec_pb2.ParameterType.NUMBER_INTEGER
+  for name, value in executor_input.inputs.parameter_values.items():
+    spec = inputs_spec.parameters.get(name)
+    if (spec is not None and spec.parameter_type == integer and
+        value.WhichOneof('kind') == 'number_value' and not value.number_value.is_integer()):
+      raise EntrypointError(f'parameter {name!r}: expected a whole number, found '
+                            f'{value.number_value:g}')
+
+
+# ---------------------------------------------------------------------------
+# 3 and 5. File-based ExampleGen: its driver, and data on object storage.
 
 def _input_base(executor_input: pipeline_spec_pb2.ExecutorInput) -> Optional[str]:
   if INPUT_BASE_KEY in executor_input.inputs.parameter_values:  # schema 2.1
@@ -289,6 +311,7 @@ def run(args: argparse.Namespace, beam_args: List[str]) -> None:
                       ignore_unknown_fields=True)
 
   fix_artifact_types(executor_input, inputs_spec)
+  check_integer_parameters(executor_input, inputs_spec)
   remote_by_local = localize_uris(executor_input, os.environ.get(LOCAL_ROOT_ENV, ''))
   if is_file_based_example_gen(args.executor_class_path, executor_input):
     run_example_gen_driver(executor_input, inputs_spec)

@@ -16,6 +16,9 @@ module then adapts it to the open-source Kubeflow Pipelines backend:
   data (spans) in scheduled runs; nor is the Evaluator, whose baseline is the model
   served at the time it runs (components/served_baseline.py; its driver, which puts the
   served version into the cache key locally, does not run on KFP);
+* epochs, learning rate, accuracy threshold and the data location are pipeline
+  parameters (TFX RuntimeParameters, pipeline.RUNTIME_PARAMETERS) whose defaults are the
+  config's values, so a run or schedule sets them without recompiling;
 * the pipeline root is written into the spec (`defaultPipelineRoot`) for readers of the
   file; no backend reads it from there (the driver takes the run's runtime config, then
   the namespace's `kfp-launcher` ConfigMap), so kubeflow/client.py sends it with each run.
@@ -120,7 +123,9 @@ def build(params: PipelineParams, kfp: KubeflowConfig):
   """The local DAG with the pods' locations, adapted for the open-source backend."""
   from pipeline import pipeline  # pylint: disable=import-outside-toplevel
   check_locations(kfp)
-  dag = pipeline.create_pipeline(params, locations(params, kfp), beam_args(params, kfp))
+  where = locations(params, kfp)
+  dag = pipeline.create_pipeline(params, where, beam_args(params, kfp),
+                                 run_values=pipeline.runtime_parameters(params, where))
   attach_resources(dag, kfp)
   return dag
 
@@ -196,6 +201,26 @@ def apply_retry_policy(spec: Dict[str, Any], kfp: KubeflowConfig) -> None:
       task['retryPolicy'] = dict(policy)
 
 
+def root_parameter_defaults(params: PipelineParams, kfp: KubeflowConfig) -> Dict[str, Any]:
+  """The pipeline parameters' defaults: the values this spec was compiled with."""
+  from pipeline import pipeline  # pylint: disable=import-outside-toplevel
+  run_values = pipeline.runtime_parameters(params, locations(params, kfp))
+  return {value.name: value.default for value in run_values}
+
+
+def add_parameter_defaults(spec: Dict[str, Any], defaults: Dict[str, Any]) -> None:
+  """TFX's compiler lists the RuntimeParameters in root.inputDefinitions with their types
+  only, which makes each one required in every run; with a default (and `isOptional`, as
+  kfp's own compiler writes them) a run or schedule sets only what it changes."""
+  declared = spec['root'].get('inputDefinitions', {}).get('parameters', {})
+  if set(declared) != set(defaults):
+    raise CompileError(f'pipeline parameters: expected {sorted(defaults)} in the compiled '
+                       f'spec, found {sorted(declared)}')
+  for name, default in defaults.items():
+    declared[name]['defaultValue'] = default
+    declared[name]['isOptional'] = True
+
+
 def compile_spec(params: PipelineParams, kfp: KubeflowConfig) -> Dict[str, Any]:
   """The pipeline spec as a dict (schema 2.1), adapted as the module doc says."""
   # pylint: disable=import-outside-toplevel
@@ -213,6 +238,7 @@ def compile_spec(params: PipelineParams, kfp: KubeflowConfig) -> Dict[str, Any]:
   job = runner.run(build(params, kfp), write_out=False)
   spec = job['pipelineSpec']
   spec['defaultPipelineRoot'] = kfp.pipeline_root
+  add_parameter_defaults(spec, root_parameter_defaults(params, kfp))
   tasks = spec['root']['dag']['tasks']
   for never_cached in NEVER_CACHED:
     tasks[never_cached].setdefault('cachingOptions', {})['enableCache'] = False

@@ -45,7 +45,8 @@ class PipelineParams:
   eval_size: int = 5000                # held out from the training file, deterministic
   limit_train: int = 0                 # 0 = the whole training file
   limit_test: int = 0                  # 0 = the whole test file
-  accuracy_threshold: float = 0.99     # absolute lower bound on test accuracy
+  accuracy_threshold: float = 0.99     # absolute lower bound on test accuracy (a
+                                       # pipeline parameter on Kubeflow: RUNTIME_PARAMETERS)
   span_window: int = 0                 # sealed spans trained on: 0 = all, K = the newest K
   holdout_fraction: float = 0.1        # of each span, held out and evaluated as its slice
   drift_min_examples: int = 500        # smaller spans are not compared with the base data
@@ -87,6 +88,15 @@ class Locations:
   serving: str               # TF Serving's model base path: the Pusher writes <serving>/<version>/
   schema: str                # the curated schema ExampleValidator checks against
   metadata: Optional[str] = None   # ML Metadata's SQLite file; None: the orchestrator's own
+
+
+# Pipeline parameters of the compiled Kubeflow spec (name -> type): a run or schedule sets
+# them (`--param epochs=5`) without recompiling, the spec's defaults being the values it
+# was compiled with (PipelineParams.training.epochs and .learning_rate,
+# PipelineParams.accuracy_threshold, and KubeflowConfig.data_uri as `data_uri`). Every
+# other field is fixed at compile time. Locally they are plain values of the DAG.
+RUNTIME_PARAMETERS: Dict[str, type] = {'epochs': int, 'learning_rate': float,
+                                       'accuracy_threshold': float, 'data_uri': str}
 
 
 def is_uri(location: str) -> bool:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, NamedTuple, Optional, Sequence
+from typing import Any, Dict, NamedTuple, Optional, Sequence
 
 import tensorflow_model_analysis as tfma
 # TFX's own modules rather than `tfx.v1`: importing `tfx.v1` also imports its Google Cloud
 # extensions (google.cloud.aiplatform), ~6 s of every command's start-up on 2 cores.
-from tfx.components import ExampleValidator, StatisticsGen, Trainer, Transform
+from tfx.components import ExampleValidator, StatisticsGen, Transform
 from tfx.dsl.components.base import base_node
-from tfx.orchestration import metadata
+from tfx.orchestration import data_types, metadata
 from tfx.orchestration.pipeline import Pipeline
 from tfx.proto import pusher_pb2, trainer_pb2, transform_pb2
 from tfx.types.channel import Channel
@@ -20,9 +20,10 @@ from components.anomalies_gate import AnomaliesGate
 from components.curated_schema import CuratedSchemaGen
 from components.drift_check import DriftCheck
 from components.mnist_example_gen.component import MnistExampleGen
+from components.runtime_trainer import RuntimeTrainer
 from components.served_baseline import ServedBaselineEvaluator
 from pipeline import component_ids as ids
-from pipeline.configs import DRIFT_BOUNDS, Locations, PipelineParams
+from pipeline.configs import DRIFT_BOUNDS, RUNTIME_PARAMETERS, Locations, PipelineParams
 from pipeline.fingerprint import code_fingerprint
 from trainer import features
 
@@ -34,6 +35,26 @@ RUN_FN = f'{RUN_MODULE}.run_fn'
 # The gate reads the canonical test split: the base data's slice (span 0). Each span's
 # holdout is its own slice beside it, reported and not gated.
 GATE_SLICE = tfma.SlicingSpec(feature_values={features.SPAN_KEY: str(features.BASE_SPAN)})
+# The pipeline parameters of a compiled (Kubeflow) spec: configs.RUNTIME_PARAMETERS.
+EPOCHS, LEARNING_RATE, ACCURACY_THRESHOLD, DATA_URI = RUNTIME_PARAMETERS
+
+
+class RunValues(NamedTuple):
+  """The four values a compiled spec takes per run: plain values (the local runner, whose
+  DAG is then exactly the one without them) or TFX RuntimeParameters (Kubeflow)."""
+  epochs: Optional[Any] = None
+  learning_rate: Optional[Any] = None
+  accuracy_threshold: Optional[Any] = None
+  data: Optional[Any] = None
+
+
+def runtime_parameters(params: PipelineParams, locations: Locations) -> RunValues:
+  """RuntimeParameters named as RUNTIME_PARAMETERS, defaulting to the config's values."""
+  defaults = {EPOCHS: params.training.epochs, LEARNING_RATE: params.training.learning_rate,
+              ACCURACY_THRESHOLD: params.accuracy_threshold, DATA_URI: locations.data}
+  made = {name: data_types.RuntimeParameter(name=name, ptype=kind, default=kind(defaults[name]))
+          for name, kind in RUNTIME_PARAMETERS.items()}
+  return RunValues(made[EPOCHS], made[LEARNING_RATE], made[ACCURACY_THRESHOLD], made[DATA_URI])
 
 
 def eval_config(accuracy_threshold: float) -> tfma.EvalConfig:
@@ -104,14 +125,17 @@ def code_fingerprints() -> Dict[str, str]:
 
 
 def model_gate(params: PipelineParams, locations: Locations, examples: Channel,
-               model: Channel, fingerprints: Dict[str, str]) -> ModelGate:
-  """`fingerprints` (code_fingerprints()) go into each push's evaluation record."""
+               model: Channel, fingerprints: Dict[str, str],
+               accuracy_threshold: Optional[Any] = None) -> ModelGate:
+  """`fingerprints` (code_fingerprints()) go into each push's evaluation record;
+  `accuracy_threshold` (a RuntimeParameter) overrides the config's at run time."""
   evaluator = ServedBaselineEvaluator(
       examples=examples,
       model=model,
       eval_config=eval_config(params.accuracy_threshold),
       example_splits=[features.TEST_SPLIT, features.HOLDOUT_SPLIT],
-      serving_dir=locations.serving).with_id(ids.EVALUATOR)
+      serving_dir=locations.serving,
+      accuracy_threshold=accuracy_threshold).with_id(ids.EVALUATOR)
 
   pusher = atomic_pusher.AtomicPusher(
       model=model,
@@ -130,13 +154,17 @@ def create_pipeline(
     locations: Locations,
     beam_pipeline_args: Optional[Sequence[str]] = None,
     example_gen: Optional[base_node.BaseNode] = None,
+    run_values: RunValues = RunValues(),
 ) -> Pipeline:
   """The whole DAG. `beam_pipeline_args` default to the parameters' local Beam settings.
+  `run_values` (runtime_parameters(): Kubeflow) bind epochs, learning rate, accuracy
+  threshold and data location per run; unset, the config's values are fixed in the DAG.
   `example_gen` replaces
   the MNIST ExampleGen by any node with an `examples` output (the reliability tests feed
   hand-written bad examples through the real DAG that way)."""
   example_gen = example_gen or MnistExampleGen(
-      data_dir=locations.data, eval_size=params.eval_size,
+      data_dir=locations.data if run_values.data is None else run_values.data,
+      eval_size=params.eval_size,
       limit_train=params.limit_train, limit_test=params.limit_test,
       span_window=params.span_window, holdout_fraction=params.holdout_fraction,
       code_fingerprint=code_fingerprint(EXAMPLE_GEN_MODULE)).with_id(ids.EXAMPLE_GEN)
@@ -157,7 +185,7 @@ def create_pipeline(
   transform.add_upstream_node(validation.anomalies_gate)  # nothing trains on stopped data
   transform.add_upstream_node(validation.drift_check)
 
-  trainer = Trainer(
+  trainer = RuntimeTrainer(
       run_fn=RUN_FN,
       examples=examples,
       transform_graph=transform.outputs['transform_graph'],
@@ -167,9 +195,11 @@ def create_pipeline(
       custom_config={'training': dataclasses.asdict(params.training),
                      'code_fingerprint': fingerprints['trainer'],
                      'served_model_dir': locations.serving,
-                     'model_name': params.model_name}).with_id(ids.TRAINER)
+                     'model_name': params.model_name},
+      epochs=run_values.epochs, learning_rate=run_values.learning_rate).with_id(ids.TRAINER)
 
-  gate = model_gate(params, locations, examples, trainer.outputs['model'], fingerprints)
+  gate = model_gate(params, locations, examples, trainer.outputs['model'], fingerprints,
+                    run_values.accuracy_threshold)
   return Pipeline(
       pipeline_name=params.pipeline_name,
       pipeline_root=locations.pipeline_root,

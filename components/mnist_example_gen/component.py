@@ -6,9 +6,12 @@ files (a changed file invalidates the cache) and Kubeflow's v2 compiler treats i
 
 from __future__ import annotations
 
+from typing import Union
+
 from tfx import types
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import base_beam_component, executor_spec
+from tfx.orchestration import data_types
 from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
@@ -50,12 +53,14 @@ def input_config() -> example_gen_pb2.Input:
 
 class MnistExampleGen(FileBasedExampleGen):
   """Writes `image` (784 int64 pixels, 0-255), `label` and `span` (int64) in
-  train/eval/test/holdout, from the base files and a window of sealed spans."""
+  train/eval/test/holdout, from the base files and a window of sealed spans. `data_dir`
+  may be a RuntimeParameter (str): TFX's file-based ExampleGen takes its `input_base`
+  as one, and Kubeflow then binds it per run."""
 
   SPEC_CLASS = MnistExampleGenSpec
   EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
-  def __init__(self, data_dir: str, eval_size: int = 5000, limit_train: int = 0,
+  def __init__(self, data_dir: Union[str, data_types.RuntimeParameter], eval_size: int = 5000, limit_train: int = 0,
                limit_test: int = 0, split_seed: int = 0, span_window: int = 0,
                holdout_fraction: float = 0.1, code_fingerprint: str = ''):
     spec = MnistExampleGenSpec(

@@ -14,6 +14,10 @@ resource/resource_manager.go): the multipart routes `/pipelines/upload` (query `
 file's documents as `{pipeline_spec, platform_spec}`), the file in form field
 `uploadfile`, errors as `{error_message, error_details}`, 409 for a name taken; a run of a
 version that does not exist fails (HTTP 500, as the server wraps the lookup's not-found).
+
+Like the real server (backend 2.0.0 and 2.2.0, template/v2_template.go
+validatePipelineJobInputs), it refuses runtime parameters the spec's root does not
+declare, a required one left out, and values of the wrong kind.
 """
 
 from __future__ import annotations
@@ -40,6 +44,36 @@ class Request:
   query: Dict[str, List[str]]
   body: Any
   headers: Dict[str, str]  # lower-case names
+
+
+NUMBER_TYPES = ('NUMBER_DOUBLE', 'NUMBER_INTEGER')
+
+
+def parameter_problem(body: Dict[str, Any], spec: Optional[Dict[str, Any]]) -> Optional[str]:
+  """What validatePipelineJobInputs says of the run's runtime parameters, if anything;
+  `spec` is the pipeline spec the run runs (inline, or its pipeline version's)."""
+  if spec is None:
+    return None
+  declared = spec.get('root', {}).get('inputDefinitions', {}).get('parameters', {})
+  given = (body.get('runtime_config') or {}).get('parameters') or {}
+  for name, definition in declared.items():
+    if name not in given:
+      if not definition.get('isOptional') and 'defaultValue' not in definition:
+        return (f'parameter {name} is not optional, yet has neither default value nor '
+                f'user provided value')
+      continue
+    kind, value = definition.get('parameterType'), given[name]
+    if kind in NUMBER_TYPES and (isinstance(value, bool) or
+                                 not isinstance(value, (int, float))):
+      return (f'input parameter {name} requires type double or integer, but the parameter '
+              f'value is not of number value type')
+    if kind == 'STRING' and not isinstance(value, str):
+      return (f'input parameter {name} requires type string, but the input parameter is '
+              f'not of string value type')
+  extra = sorted(set(given) - set(declared))
+  if extra:
+    return f'parameter(s) provided are not required by pipeline: {", ".join(extra)}'
+  return None
 
 
 def _json(model) -> Any:
@@ -128,6 +162,11 @@ class FakeKfp:
       return 400, {'error': 'no runtime_config.pipeline_root', 'code': 3,
                    'message': 'no runtime_config.pipeline_root: the driver would use the '
                               "namespace's kfp-launcher ConfigMap, not the spec's root"}
+    problem = (parameter_problem(body, self.run_spec(body)) if method == 'POST' and
+               route in ('/runs', '/recurringruns') else None)
+    if problem:
+      message = f'invalid pipeline job inputs: {problem}'
+      return 400, {'error': message, 'code': 3, 'message': message}
     if (method, route) == ('GET', '/healthz'):
       return 200, _json(kfp_server_api.V2beta1GetHealthzResponse(multi_user=False))
     if (method, route) == ('GET', '/experiments'):
@@ -252,6 +291,15 @@ class FakeKfp:
         created_at=f'2025-01-01T00:{len(self.versions) // 60:02d}:{len(self.versions) % 60:02d}Z')
     self.versions.append(version)
     return version
+
+  def run_spec(self, body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The pipeline spec a run or recurring run request runs: inline or its version's."""
+    inline = (body.get('pipeline_spec') or {}).get('pipeline_spec')
+    if inline is not None:
+      return inline
+    version_id = (body.get('pipeline_version_reference') or {}).get('pipeline_version_id')
+    version = next((v for v in self.versions if v.pipeline_version_id == version_id), None)
+    return (version.pipeline_spec or {}).get('pipeline_spec') if version else None
 
   def check_version_reference(self, reference: Optional[Dict[str, str]]
                               ) -> Optional[Tuple[int, Any]]:

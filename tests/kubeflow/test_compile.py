@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Dict, Set
+from typing import Any, Dict, Set
 
 import pytest
 import yaml
@@ -37,6 +37,10 @@ def spec_edges(tasks) -> Dict[str, Set[str]]:
 
 def local_edges(dag) -> Dict[str, Set[str]]:
   return {c.id: {u.id for u in c.upstream_nodes} for c in dag.components}
+
+
+def root_parameters(spec) -> Dict[str, Any]:
+  return spec['root']['inputDefinitions']['parameters']
 
 
 def local_dag():
@@ -101,7 +105,9 @@ def test_images_root_paths_and_entrypoint_are_the_configured_ones(compiled):
     assert container['command'] == ENTRYPOINT, task
     assert '--direct_running_mode=in_memory' in container['args'], task
   params = compiled.tasks[ids.EXAMPLE_GEN]['inputs']['parameters']
-  assert params['input_base']['runtimeValue']['constant'] == str(compiled.data_dir)
+  assert params['input_base'] == {'componentInputParameter': pipeline.DATA_URI}
+  assert root_parameters(compiled.spec)[pipeline.DATA_URI]['defaultValue'] == str(
+      compiled.data_dir)
   pusher = compiled.tasks[ids.PUSHER]['inputs']['parameters']
   destination = json.loads(pusher['push_destination']['runtimeValue']['constant'])
   assert destination['filesystem']['base_directory'] == f'{SERVING_URI}/mnist'
@@ -202,8 +208,7 @@ def test_uri_locations_reach_the_spec_unchanged(tmp_path):
   spec = next(yaml.safe_load_all(out.read_text()))
   assert spec['defaultPipelineRoot'] == 'gs://bucket/root'
   tasks = spec['root']['dag']['tasks']
-  example_gen = tasks[ids.EXAMPLE_GEN]['inputs']['parameters']
-  assert example_gen['input_base']['runtimeValue']['constant'] == 'gs://bucket/mnist'
+  assert root_parameters(spec)[pipeline.DATA_URI]['defaultValue'] == 'gs://bucket/mnist'
   push = json.loads(tasks[ids.PUSHER]['inputs']['parameters']['push_destination']
                     ['runtimeValue']['constant'])
   assert push['filesystem']['base_directory'] == 'gs://bucket/serving/mnist'
@@ -246,3 +251,57 @@ def test_retries_are_every_task_s_retry_policy_on_backend_2_4_1(compiled_with_re
   assert (trainer.max_retry_count, trainer.backoff_duration.seconds,
           trainer.backoff_factor) == (2, 30, 2.0)
   assert not [t for t in compiled.tasks.values() if 'retryPolicy' in t]
+
+
+def test_run_values_are_pipeline_parameters_with_the_config_as_defaults(compiled):
+  """A schedule changes epochs, learning rate, threshold and data without recompiling:
+  each is declared at the root, typed, defaulting to the compiled config, and reaches its
+  task through componentInputParameter."""
+  assert root_parameters(compiled.spec) == {
+      'epochs': {'parameterType': 'NUMBER_INTEGER', 'defaultValue': 24, 'isOptional': True},
+      'learning_rate': {'parameterType': 'NUMBER_DOUBLE', 'defaultValue': 0.003,
+                        'isOptional': True},
+      'accuracy_threshold': {'parameterType': 'NUMBER_DOUBLE', 'defaultValue': 0.99,
+                             'isOptional': True},
+      'data_uri': {'parameterType': 'STRING', 'defaultValue': str(compiled.data_dir),
+                   'isOptional': True}}
+  wired = {(task, name): value['componentInputParameter']
+           for task, spec in compiled.tasks.items()
+           for name, value in spec['inputs'].get('parameters', {}).items()
+           if 'componentInputParameter' in value}
+  assert wired == {(ids.TRAINER, 'epochs'): 'epochs',
+                   (ids.TRAINER, 'learning_rate'): 'learning_rate',
+                   (ids.EVALUATOR, 'accuracy_threshold'): 'accuracy_threshold',
+                   (ids.EXAMPLE_GEN, 'input_base'): 'data_uri'}
+  # Each task's own input declares the type its executor receives (TFX's entrypoint
+  # turns a NUMBER_INTEGER's double back into an int).
+  trainer = compiled.spec['components'][ids.TRAINER]['inputDefinitions']['parameters']
+  assert trainer['epochs'] == {'parameterType': 'NUMBER_INTEGER'}
+  assert trainer['learning_rate'] == {'parameterType': 'NUMBER_DOUBLE'}
+  evaluator = compiled.spec['components'][ids.EVALUATOR]['inputDefinitions']['parameters']
+  assert evaluator['accuracy_threshold'] == {'parameterType': 'NUMBER_DOUBLE'}
+
+
+def test_parameter_defaults_follow_the_config(tmp_path):
+  from kubeflow.__main__ import main  # pylint: disable=import-outside-toplevel
+  out = tmp_path / 'quick.yaml'
+  assert main(['compile', '--output', str(out), '--gpu-count', '0', '--preset', 'quick',
+               '--learning-rate', '0.01', '--accuracy-threshold', '0.95',
+               '--data-uri', 'gs://bucket/mnist', '--pipeline-root', 'gs://bucket/root',
+               '--serving-uri', 'gs://bucket/serving']) == 0
+  spec = next(yaml.safe_load_all(out.read_text()))
+  assert {name: p['defaultValue'] for name, p in root_parameters(spec).items()} == {
+      'epochs': 3, 'learning_rate': 0.01, 'accuracy_threshold': 0.95,
+      'data_uri': 'gs://bucket/mnist'}
+
+
+def test_the_local_dag_binds_no_runtime_parameter():
+  """Locally the values are fixed in the DAG, as before: no new execution properties, so
+  the local cache keys of ExampleGen and the Evaluator stay what they were."""
+  dag = local_dag()
+  for component in dag.components:
+    for name, value in component.exec_properties.items():
+      assert not isinstance(value, pipeline.data_types.RuntimeParameter), (component.id, name)
+  by_id = {c.id: c for c in dag.components}
+  assert by_id[ids.TRAINER].exec_properties['epochs'] is None
+  assert by_id[ids.EVALUATOR].exec_properties['accuracy_threshold'] is None

@@ -6,8 +6,10 @@ the others check each repair of the executor input on its own.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
+from typing import Any, Dict
 
 import pytest
 from google.protobuf import json_format
@@ -20,9 +22,24 @@ from tests.kubeflow.launcher import Launcher, tail
 EXAMPLES_SCHEMA = 'title: tfx.Examples\ntype: object\nproperties:\n  span:\n    type: integer\n'
 
 
+def bound(spec: Dict[str, Any], **values: Any) -> Dict[str, Any]:
+  """The spec with each task's componentInputParameter resolved as KFP's driver does for
+  one run: the run's value if it sets one, else the root default."""
+  root = spec['root']['inputDefinitions']['parameters']
+  unknown = set(values) - set(root)
+  assert not unknown, f'not pipeline parameters: {unknown}'
+  result = copy.deepcopy(spec)
+  for task in result['root']['dag']['tasks'].values():
+    for parameter in task.get('inputs', {}).get('parameters', {}).values():
+      name = parameter.pop('componentInputParameter', None)
+      if name is not None:
+        parameter['runtimeValue'] = {'constant': values.get(name, root[name]['defaultValue'])}
+  return result
+
+
 @pytest.fixture(scope='module')
 def launcher(compiled, tmp_path_factory) -> Launcher:
-  return Launcher(compiled.spec, tmp_path_factory.mktemp('pod'))
+  return Launcher(bound(compiled.spec), tmp_path_factory.mktemp('pod'))
 
 
 @pytest.fixture(scope='module')
@@ -181,3 +198,90 @@ def test_data_on_object_storage_is_staged_to_a_local_folder(tmp_path: Path):
       b't10k-labels-idx1-ubyte.gz'
   local = executor_input(inputs={'parameterValues': {'input_base': '/pvc/mnist'}})
   assert entrypoint.stage_input_base(local, str(tmp_path)) is None
+
+
+# ---------------------------------------------------------------------------
+# Pipeline parameters set for one run reach the executors, typed.
+
+def run_in_process(launcher: Launcher, task: str, inputs: Dict[str, Any], monkeypatch) -> None:
+  """The task's compiled command line through kubeflow.entrypoint, in this process."""
+  monkeypatch.setenv(entrypoint.LOCAL_ROOT_ENV, str(launcher.mirror))
+  launcher.output_file(task).parent.mkdir(parents=True, exist_ok=True)
+  args, beam_args = entrypoint.parse_flags(launcher.args(task, inputs))
+  assert args.json_serialized_inputs_spec_args  # the parameter types travel with the task
+  entrypoint.run(args, beam_args)
+
+
+def local_inputs(tmp_path: Path, *names: str) -> Dict[str, Any]:
+  """Upstream artifacts as the open-source driver passes them (no type), on local paths."""
+  result = {}
+  for name in names:
+    (tmp_path / name).mkdir()
+    result[name] = {'artifacts': [{'name': '7', 'uri': str(tmp_path / name),
+                                   'type': {'instanceSchema': ''}}]}
+  return result
+
+
+def test_epochs_and_learning_rate_of_a_run_reach_run_fn_typed(compiled, tmp_path, monkeypatch):
+  """KFP sends every number as a double (5 -> 5.0); the Trainer's run_fn gets
+  custom_config['training'] with epochs an int, the learning rate a float, the rest as
+  compiled."""
+  from tfx.components.trainer import executor as trainer_executor  # pylint: disable=import-outside-toplevel
+  seen = {}
+  monkeypatch.setattr(trainer_executor.GenericExecutor, 'Do',
+                      lambda self, i, o, exec_properties: seen.update(exec_properties))
+  launcher = Launcher(bound(compiled.spec, epochs=5, learning_rate=0.001), tmp_path / 'pod')
+  executor_input = launcher.executor_input(ids.TRAINER, {})
+  assert executor_input['inputs']['parameterValues']['epochs'] == 5
+  run_in_process(launcher, ids.TRAINER,
+                 local_inputs(tmp_path, 'examples', 'transform_graph', 'schema'), monkeypatch)
+  training = json.loads(seen['custom_config'])['training']
+  assert (training['epochs'], training['learning_rate']) == (5, 0.001)
+  assert type(training['epochs']) is int and type(seen['epochs']) is int
+  assert training['batch_size'] == 128  # fixed at compile time
+  model = launcher.executor_output(ids.TRAINER)['artifacts']['model']['artifacts'][0]
+  assert json.loads(model['metadata']['training'])['epochs'] == 5  # the Pusher's record
+
+
+def test_a_fractional_epochs_is_an_error_not_truncated(compiled, tmp_path, monkeypatch, capsys):
+  """The API server takes 2.5 for an integer parameter; TFX's entrypoint would train 2."""
+  launcher = Launcher(bound(compiled.spec, epochs=2.5), tmp_path / 'pod')
+  monkeypatch.setenv(entrypoint.LOCAL_ROOT_ENV, str(launcher.mirror))
+  argv = launcher.args(ids.TRAINER, local_inputs(tmp_path, 'examples', 'transform_graph',
+                                                 'schema'))
+  assert entrypoint.main(argv) == 2
+  assert "parameter 'epochs': expected a whole number, found 2.5" in capsys.readouterr().err
+
+
+def test_an_unset_parameter_runs_with_the_compiled_default(compiled, tmp_path, monkeypatch):
+  from tfx.components.trainer import executor as trainer_executor  # pylint: disable=import-outside-toplevel
+  seen = {}
+  monkeypatch.setattr(trainer_executor.GenericExecutor, 'Do',
+                      lambda self, i, o, exec_properties: seen.update(exec_properties))
+  launcher = Launcher(bound(compiled.spec), tmp_path / 'pod')
+  run_in_process(launcher, ids.TRAINER,
+                 local_inputs(tmp_path, 'examples', 'transform_graph', 'schema'), monkeypatch)
+  assert json.loads(seen['custom_config'])['training']['epochs'] == 24
+
+
+def test_the_accuracy_threshold_of_a_run_is_the_gate_the_evaluator_applies(
+    compiled, tmp_path, monkeypatch):
+  import tensorflow_model_analysis as tfma  # pylint: disable=import-outside-toplevel
+  from tfx.components.evaluator import executor as evaluator_executor  # pylint: disable=import-outside-toplevel
+  from components import served_baseline  # pylint: disable=import-outside-toplevel
+  seen = {}
+  monkeypatch.setattr(evaluator_executor.Executor, 'Do',
+                      lambda self, i, o, exec_properties: seen.update(exec_properties))
+  monkeypatch.setattr(served_baseline.Executor, '_record', staticmethod(lambda *a: None))
+  spec = bound(compiled.spec, accuracy_threshold=0.5)
+  (tmp_path / 'serving').mkdir()  # nothing served yet
+  spec['root']['dag']['tasks'][ids.EVALUATOR]['inputs']['parameters']['serving_dir'] = {
+      'runtimeValue': {'constant': str(tmp_path / 'serving')}}
+  run_in_process(Launcher(spec, tmp_path / 'pod'), ids.EVALUATOR,
+                 local_inputs(tmp_path, 'examples', 'model'), monkeypatch)
+  assert type(seen['accuracy_threshold']) is float
+  config = json_format.Parse(seen['eval_config'], tfma.EvalConfig())
+  (metric,) = [m for spec in config.metrics_specs for m in spec.metrics
+               if m.class_name == served_baseline.GATE_METRIC]
+  bounds = [t.threshold.value_threshold.lower_bound.value for t in metric.per_slice_thresholds]
+  assert bounds == [0.5]
