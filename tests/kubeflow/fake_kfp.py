@@ -299,7 +299,10 @@ class FakeKfp:
       return inline
     version_id = (body.get('pipeline_version_reference') or {}).get('pipeline_version_id')
     version = next((v for v in self.versions if v.pipeline_version_id == version_id), None)
-    return (version.pipeline_spec or {}).get('pipeline_spec') if version else None
+    if version is None:
+      return None
+    stored = version.pipeline_spec or {}
+    return stored if 'pipelineInfo' in stored else stored.get('pipeline_spec')
 
   def check_version_reference(self, reference: Optional[Dict[str, str]]
                               ) -> Optional[Tuple[int, Any]]:
