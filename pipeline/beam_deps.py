@@ -34,6 +34,7 @@ DEPENDENCY_OPTIONS = ('extra_packages', 'setup_file', 'requirements_file',
                       'sdk_container_image', 'worker_harness_container_image')
 # Runners whose workers run in this process or its children, in this environment.
 LOCAL_RUNNERS = ('DirectRunner', 'SwitchingDirectRunner', 'BundleBasedDirectRunner')
+DATAFLOW_RUNNERS = ('DataflowRunner', 'TestDataflowRunner')
 WHEEL_CACHE = Path.home() / '.cache' / 'mnist-tfx' / 'wheels'
 # What the wheel is built from (pyproject.toml's packages, their data, the readme).
 WHEEL_SOURCES = ('pyproject.toml', 'README.md', *PROJECT_PACKAGES)
@@ -66,7 +67,8 @@ def code_key(root: Path = REPO_ROOT) -> str:
   digest = hashlib.sha256()
   for name in WHEEL_SOURCES:
     path = root / name
-    files = sorted(p for p in path.rglob('*') if p.is_file()) if path.is_dir() else [path]
+    files = sorted(p for p in path.rglob('*') if p.is_file()) if path.is_dir() else (
+        [path] if path.is_file() else [])
     for file in files:
       if '__pycache__' not in file.parts and file.suffix != '.pyc':
         digest.update(str(file.relative_to(root)).encode() + b'\0' + file.read_bytes())
@@ -107,20 +109,37 @@ def project_wheel(cache_dir: Path = WHEEL_CACHE, root: Path = REPO_ROOT) -> Path
   return cached[0] if cached else build_wheel(folder, root)
 
 
+def worker_image_flags(args: Sequence[str], image: str) -> List[str]:
+  """Flags that make remote workers run `image`. Dataflow reads `--sdk_container_image`
+  (so does TFX, which then does not package itself); the portable runners' (Flink, Spark)
+  DOCKER environment, their default, reads `--environment_config` instead, set here unless
+  the flags name an image or another environment (e.g. EXTERNAL worker-pool sidecars)."""
+  flags = [f'--sdk_container_image={image}']
+  options = _options(args)
+  if runner_name(args) not in DATAFLOW_RUNNERS:
+    docker = (options['environment_type'] or 'DOCKER').upper() == 'DOCKER'
+    named = options['environment_config'] or any(
+        option.startswith('docker_container_image=')
+        for option in options['environment_options'] or [])
+    if docker and not named:
+      flags.append(f'--environment_config={image}')
+  return flags
+
+
 def with_project_code(args: Sequence[str],
-                      wheel: Callable[[], Path] = project_wheel) -> List[str]:
+                      wheel: Optional[Callable[[], Path]] = None) -> List[str]:
   """`args`, plus the project's wheel as `--extra_packages` when they name a remote
   runner and no dependency flag (the user's own flag wins: an image with the project,
   or packages of their own). The wheel's requirements bring TFX, so TFX's own packaging,
   which the flag turns off, is not needed."""
   args = list(args)
   if is_remote(args) and not ships_dependencies(args):
-    args.append(f'--extra_packages={wheel()}')
+    args.append(f'--extra_packages={(wheel or project_wheel)()}')
   return args
 
 
 def local_beam_args(params: PipelineParams, user_args: Sequence[str] = (),
-                    wheel: Callable[[], Path] = project_wheel) -> List[str]:
+                    wheel: Optional[Callable[[], Path]] = None) -> List[str]:
   """The local runner's Beam flags: the DirectRunner settings of `params` under the
   user's flags, or, for a remote runner, the user's flags and the project's code."""
   args = list(user_args)
