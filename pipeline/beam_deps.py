@@ -5,11 +5,12 @@ Workers of other runners (Dataflow; Flink or Spark through Beam's portable runne
 only their container and what the job ships to them, and TFX ships only its own package
 (an sdist of its install) when no dependency flag is given. The project's code runs on
 those workers too: the ExampleGen's Beam transforms are functions of
-`components.mnist_example_gen.executor`, pickled by reference. Two ways to ship it
-(docs/kubeflow.md, "Beam on a distributed runner"):
+`components.mnist_example_gen.executor`, pickled by reference, and Transform's pipeline
+names `trainer.preprocessing`. Two ways to ship it (docs/kubeflow.md, "Beam on a
+distributed runner"):
 
-* a container that has the project: `--sdk_container_image=<the pipeline image>`
-  (kubeflow/Dockerfile has Beam's worker boot entrypoint), the Kubeflow default;
+* a container that has the project, the pipeline image (kubeflow/Dockerfile has Beam's
+  worker boot as entrypoint): `worker_image_flags`, the Kubeflow default;
 * a wheel of the project as `--extra_packages`: Beam's worker boot installs it, then its
   requirements (TFX, TensorFlow, ...) from PyPI; the local runner's default.
 """
