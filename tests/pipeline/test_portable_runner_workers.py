@@ -30,7 +30,7 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
-from typing import Iterator, List, NamedTuple
+from typing import Dict, Iterator, List, NamedTuple, Tuple
 
 import apache_beam as beam
 import pytest
@@ -60,7 +60,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _worker_environment(root: Path) -> tuple:
+def _worker_environment(root: Path) -> Tuple[Path, Dict[str, str]]:
   """A venv without the project: its site-packages holds a plain path line to this
   venv's, which Python adds to sys.path without running that folder's .pth files."""
   venv = root / 'venv'
@@ -109,12 +109,19 @@ def workers(tmp_path_factory) -> Iterator[Workers]:
         time.sleep(0.5)
     yield Workers(f'localhost:{port}', log)
   finally:
-    os.killpg(pool.pid, signal.SIGTERM)  # the pool and the workers it started
+    _kill_group(pool.pid, signal.SIGTERM)  # the pool and the workers it started
     try:
       pool.wait(timeout=20)
     except subprocess.TimeoutExpired:
-      os.killpg(pool.pid, signal.SIGKILL)
+      _kill_group(pool.pid, signal.SIGKILL)
       pool.wait()
+
+
+def _kill_group(pid: int, sig: int) -> None:
+  try:
+    os.killpg(pid, sig)
+  except ProcessLookupError:  # every process of the group has exited
+    pass
 
 
 @pytest.fixture(scope='module')
