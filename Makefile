@@ -1,7 +1,7 @@
 # Entry points. `make run` and `make test` are the two commands in the README.
 PY := .venv/bin/python
 
-.PHONY: setup run test lock download bench clean
+.PHONY: setup run test lock download bench clean wheel
 setup:            ## create .venv with the locked dependency tree (idempotent)
 	@bash scripts/setup.sh
 
@@ -16,6 +16,9 @@ lock:             ## regenerate requirements.lock (pyproject.toml) and kubeflow/
 
 download:         ## fetch canonical MNIST into the cache (needs internet)
 	@$(PY) -m components.download $(ARGS)
+
+wheel: setup      ## the project's wheel in dist/: what remote Beam workers install (docs/kubeflow.md)
+	@$(PY) -m pipeline wheel --out dist
 
 clean:            ## remove pipeline outputs (keeps .venv)
 	rm -rf outputs

@@ -34,14 +34,14 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from kubeflow.config import GFILE_SCHEMES, KubeflowConfig
+from pipeline import beam_deps
 from pipeline import component_ids as ids
 from pipeline.configs import CURATED_SCHEMA, NO_EXTRA_PACKAGES, Locations, PipelineParams
 
 ENTRYPOINT_COMMAND = ('python', '-m', 'kubeflow.entrypoint')
 NEVER_CACHED = (ids.EXAMPLE_GEN, ids.EVALUATOR)
 # Beam options through which a user ships dependencies to remote workers.
-BEAM_DEPENDENCY_OPTIONS = ('extra_packages', 'setup_file', 'requirements_file',
-                           'sdk_container_image', 'worker_harness_container_image')
+BEAM_DEPENDENCY_OPTIONS = beam_deps.DEPENDENCY_OPTIONS
 
 
 class CompileError(ValueError):
@@ -69,9 +69,11 @@ def beam_args(params: PipelineParams, kfp: KubeflowConfig) -> List[str]:
   `beam_workers` (1 by default, as locally); with `--beam-workers 0`, the task's CPU limit,
   else 0, which Beam reads as one per core of the node the task runs on
   (PipelineParams.beam_pipeline_args would count the compiling machine's). One worker runs
-  in-process, more in worker processes, unless the flags set the mode. Other runners (e.g.
-  Dataflow) get the flags as given; TFX packages itself for their workers unless one of
-  BEAM_DEPENDENCY_OPTIONS is set."""
+  in-process, more in worker processes, unless the flags set the mode. Other runners
+  (Dataflow; Flink or Spark through the PortableRunner) get the flags as given, plus,
+  unless one of BEAM_DEPENDENCY_OPTIONS is set, the pipeline image as their workers'
+  container (beam_deps.worker_image_flags): it has the project, TFX and Beam's worker
+  boot (kubeflow/Dockerfile), where TFX alone would ship only itself."""
   from apache_beam.options import pipeline_options  # pylint: disable=import-outside-toplevel
   args = shlex.split(kfp.beam_args)
   options = pipeline_options.PipelineOptions(args).get_all_options()
@@ -85,6 +87,8 @@ def beam_args(params: PipelineParams, kfp: KubeflowConfig) -> List[str]:
                                               else 'multi_processing'))
     if not any(options[flag] for flag in BEAM_DEPENDENCY_OPTIONS):
       args.append(NO_EXTRA_PACKAGES)  # the task's image has everything installed
+  elif beam_deps.is_remote(args) and not beam_deps.ships_dependencies(args):
+    args.extend(beam_deps.worker_image_flags(args, kfp.image))
   return args
 
 

@@ -6,6 +6,8 @@ from ML Metadata. `python -m pipeline summary` prints the last run's summary aga
 `python -m pipeline lineage VERSION` what produced a served model version.
 `python -m pipeline seal` seals the images waiting in `<data-dir>/incoming/` into the next
 span (every run does it first, too); `--from FOLDER` seals a folder prepared by hand.
+`python -m pipeline wheel [--out DIR]` builds the project's wheel, what `--beam-args`
+with a runner whose workers run elsewhere ships to them (docs/kubeflow.md).
 """
 
 from __future__ import annotations
@@ -48,7 +50,14 @@ def main(argv=None) -> int:
   lineage_parser = commands.add_parser('lineage', help='what produced a served version')
   lineage_parser.add_argument('version', type=int, help='a version folder of the model')
   configs.add_arguments(lineage_parser)
+  wheel_parser = commands.add_parser('wheel', help="build the project's wheel for Beam "
+                                                    'workers elsewhere (default into dist/)')
+  wheel_parser.add_argument('--out', default=None, help='folder of the wheel (dist/)')
   args = parser.parse_args(argv)
+  if args.command == 'wheel':
+    from pipeline import beam_deps  # pylint: disable=import-outside-toplevel
+    print(beam_deps.wheel_main(args.out))
+    return 0
   try:
     config = configs.load(args)
   except ValueError as e:

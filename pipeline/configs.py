@@ -117,6 +117,7 @@ class LocalConfig(PipelineParams):
   serving_dir: str = ''                # '' = <output_dir>/serving
   schema_path: str = str(CURATED_SCHEMA)
   min_free_mb: int = 500               # free disk space the run needs before it starts
+  beam_args: str = ''                  # Beam flags of every Beam component (pipeline/beam_deps.py)
 
   def __post_init__(self) -> None:
     super().__post_init__()

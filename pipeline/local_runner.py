@@ -7,6 +7,7 @@ from `MNIST_*` environment variables (see pipeline/configs.py).
 """
 
 import os
+import shlex
 import sys
 
 if __name__ == '__main__':  # run as a file by TFX's CLI: make the project importable
@@ -18,15 +19,20 @@ if __name__ == '__main__':  # run as a file by TFX's CLI: make the project impor
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from tfx.orchestration.pipeline import Pipeline
 
-from pipeline import configs, pipeline, preflight
+from pipeline import beam_deps, configs, pipeline, preflight
 from trainer import logs
 # pylint: enable=g-import-not-at-top
 
 
 def build(config: configs.LocalConfig) -> Pipeline:
-  """The DAG on this machine's folders (resolved by `LocalConfig`)."""
+  """The DAG on this machine's folders (resolved by `LocalConfig`), with `--beam-args`
+  given to every Beam component: for a runner with workers elsewhere (Dataflow,
+  PortableRunner, ...) the project's wheel goes with them (pipeline/beam_deps.py)."""
   config.metadata_path.parent.mkdir(parents=True, exist_ok=True)
-  return pipeline.create_pipeline(config.params(), config.locations())
+  params = config.params()
+  return pipeline.create_pipeline(
+      params, config.locations(),
+      beam_deps.local_beam_args(params, shlex.split(config.beam_args)))
 
 
 def run(config: configs.LocalConfig) -> None:
