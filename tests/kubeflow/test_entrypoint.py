@@ -1,7 +1,7 @@
-"""The compiled tasks run as pods would: the spec's command and args, launcher-style input.
+"""Each repair kubeflow.entrypoint makes to the executor input, on its own.
 
-The subprocess tests run the real entrypoint on the compiled spec (TFX executors, Beam);
-the others check each repair of the executor input on its own.
+The entrypoint running the compiled tasks (the whole DAG, as the open-source launcher runs
+it, TFX's own entrypoint failing on the same input) is test_kfp_run.py.
 """
 
 from __future__ import annotations
@@ -14,70 +14,9 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from kubeflow import entrypoint
-from pipeline import component_ids as ids
-from tests.kubeflow.launcher import Launcher, tail
 
 EXAMPLES_SCHEMA = 'title: tfx.Examples\ntype: object\nproperties:\n  span:\n    type: integer\n'
 
-
-@pytest.fixture(scope='module')
-def launcher(compiled, tmp_path_factory) -> Launcher:
-  return Launcher(compiled.spec, tmp_path_factory.mktemp('pod'))
-
-
-@pytest.fixture(scope='module')
-def example_gen(launcher):
-  """The ExampleGen task, run once as its pod would run it."""
-  result = launcher.run(ids.EXAMPLE_GEN)
-  assert result.returncode == 0, tail(result)
-  return launcher.executor_output(ids.EXAMPLE_GEN)
-
-
-def test_example_gen_pod_writes_its_examples_to_the_pipeline_root(launcher, example_gen):
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  artifact = example_gen['artifacts']['examples']['artifacts'][0]
-  uri = launcher.output_uri(ids.EXAMPLE_GEN, 'examples')
-  assert uri.startswith('minio://mlpipeline/v2/artifacts/mnist/')
-  assert artifact['uri'] == uri  # the launcher uploads from the mirror and records this
-  metadata = artifact['metadata']
-  assert json.loads(metadata['split_names']) == ['train', 'eval', 'test', 'holdout']
-  assert json.loads(metadata['split_counts']) == {'train': 100, 'eval': 20, 'test': 30,
-                                                  'holdout': 0}
-  assert metadata['input_fingerprint'].startswith('split:train,num_files:2')  # the driver
-  for split, count in (('train', 100), ('eval', 20), ('test', 30)):
-    files = sorted(str(p) for p in (launcher.local(uri) / f'Split-{split}').glob('*.gz'))
-    assert files, split
-    records = tf.data.TFRecordDataset(files, compression_type='GZIP')
-    assert sum(1 for _ in records) == count, split
-
-
-def test_downstream_pod_runs_with_the_types_the_open_source_driver_passes(
-    launcher, example_gen):
-  examples = Launcher.as_input(example_gen, 'examples', mlmd_id=11)
-  assert examples['artifacts'][0]['type'] == {'instanceSchema': ''}
-  result = launcher.run(ids.STATISTICS_GEN, {'examples': examples})
-  assert result.returncode == 0, tail(result)
-  assert 'type tfx.Examples restored' in result.stderr
-  artifact = launcher.executor_output(ids.STATISTICS_GEN)['artifacts']['statistics']['artifacts'][0]
-  assert artifact['uri'] == launcher.output_uri(ids.STATISTICS_GEN, 'statistics')
-  assert json.loads(artifact['metadata']['split_names']) == ['train', 'eval', 'test', 'holdout']
-  assert list(launcher.local(artifact['uri']).glob('Split-train/FeatureStats.pb'))
-
-
-def test_tfx_own_entrypoint_still_fails_on_that_input(launcher, example_gen):
-  """tensorflow/tfx#7768: why the spec runs kubeflow.entrypoint. TFX's entrypoint
-  (`kubeflow_v2_run_executor`, whose `main` is `_run_executor` on its parsed flags) gets
-  the same arguments in-process. When this starts to fail, TFX has fixed the bug and the
-  repair of artifact types can go."""
-  from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor as tfx_entry  # pylint: disable=import-outside-toplevel
-  examples = Launcher.as_input(example_gen, 'examples', mlmd_id=11)
-  args, beam_args = tfx_entry._parse_flags(launcher.args(ids.STATISTICS_GEN, {'examples': examples}))  # pylint: disable=protected-access
-  with pytest.raises(AttributeError, match="'NoneType' object has no attribute 'get'"):
-    tfx_entry._run_executor(args, beam_args)  # pylint: disable=protected-access
-
-
-# ---------------------------------------------------------------------------
-# The repairs, one by one.
 
 def artifact_type(**kind) -> pipeline_spec_pb2.ArtifactTypeSchema:
   return pipeline_spec_pb2.ArtifactTypeSchema(**kind)
