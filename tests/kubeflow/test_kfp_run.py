@@ -46,7 +46,6 @@ class Run:
   order: List[str]
   seconds: float
   serving_dir: Path   # <serving uri>/<model name>: what the Pusher writes into
-  argv: List[str]
 
 
 def children_cpu_seconds() -> float:
@@ -75,7 +74,7 @@ def run(mnist_dir: Path, tmp_path_factory) -> Run:
   print(f'\nKFP emulation: {seconds:.0f} s ({children_cpu_seconds() - cpu:.0f} s of CPU, '
         f'load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); ' +
         ', '.join(f'{t} {kfp.runs[t].seconds:.0f} s' for t in order if t in kfp.runs))
-  return Run(kfp, order, seconds, serving / spec['pipelineInfo']['name'], argv)
+  return Run(kfp, order, seconds, serving / spec['pipelineInfo']['name'])
 
 
 def output(run: Run, task: str, name: str) -> Dict:
