@@ -47,8 +47,10 @@ import yaml
 
 from trainer import data_layout, logs
 
-# The launcher's local mirror of each scheme; `ARTIFACT_LOCAL_PATH` moves the root, as
-# it does for the launcher itself (KFP uses it for local debugging, tests here too).
+# The launcher's local mirror of each scheme: always under `/` (launcher_v2.go
+# localPathForURI, KFP 2.0.5 to 2.5.0; the launcher has no setting to move it).
+# `ARTIFACT_LOCAL_PATH` moves the root here for the tests' launcher emulation only
+# (tests/kubeflow/launcher.py); pods do not set it.
 LOCAL_ROOT_ENV = 'ARTIFACT_LOCAL_PATH'
 LAUNCHER_MIRRORS = (('gs://', 'gcs'), ('minio://', 'minio'), ('s3://', 's3'))
 # Schemes this image's TensorFlow can open itself; the others must use the mirror.

@@ -1,15 +1,17 @@
-"""The compiled tasks run as pods would: the spec's command and args, launcher-style input.
+"""Each repair kubeflow.entrypoint makes to the executor input, on its own, and a run's
+pipeline parameters reaching the executors typed.
 
-The subprocess tests run the real entrypoint on the compiled spec (TFX executors, Beam);
-the others check each repair of the executor input on its own.
+The entrypoint running the compiled tasks (the whole DAG, as the open-source launcher runs
+it, TFX's own entrypoint failing on the same input) is test_kfp_run.py.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 import pytest
 from google.protobuf import json_format
@@ -17,84 +19,11 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from kubeflow import entrypoint
 from pipeline import component_ids as ids
-from tests.kubeflow.launcher import Launcher, tail
+from tests.kubeflow.conftest import PIPELINE_ROOT
+from tests.kubeflow.launcher import KfpRun
 
 EXAMPLES_SCHEMA = 'title: tfx.Examples\ntype: object\nproperties:\n  span:\n    type: integer\n'
 
-
-def bound(spec: Dict[str, Any], **values: Any) -> Dict[str, Any]:
-  """The spec with each task's componentInputParameter resolved as KFP's driver does for
-  one run: the run's value if it sets one, else the root default."""
-  root = spec['root']['inputDefinitions']['parameters']
-  unknown = set(values) - set(root)
-  assert not unknown, f'not pipeline parameters: {unknown}'
-  result = copy.deepcopy(spec)
-  for task in result['root']['dag']['tasks'].values():
-    for parameter in task.get('inputs', {}).get('parameters', {}).values():
-      name = parameter.pop('componentInputParameter', None)
-      if name is not None:
-        parameter['runtimeValue'] = {'constant': values.get(name, root[name]['defaultValue'])}
-  return result
-
-
-@pytest.fixture(scope='module')
-def launcher(compiled, tmp_path_factory) -> Launcher:
-  return Launcher(bound(compiled.spec), tmp_path_factory.mktemp('pod'))
-
-
-@pytest.fixture(scope='module')
-def example_gen(launcher):
-  """The ExampleGen task, run once as its pod would run it."""
-  result = launcher.run(ids.EXAMPLE_GEN)
-  assert result.returncode == 0, tail(result)
-  return launcher.executor_output(ids.EXAMPLE_GEN)
-
-
-def test_example_gen_pod_writes_its_examples_to_the_pipeline_root(launcher, example_gen):
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  artifact = example_gen['artifacts']['examples']['artifacts'][0]
-  uri = launcher.output_uri(ids.EXAMPLE_GEN, 'examples')
-  assert uri.startswith('minio://mlpipeline/v2/artifacts/mnist/')
-  assert artifact['uri'] == uri  # the launcher uploads from the mirror and records this
-  metadata = artifact['metadata']
-  assert json.loads(metadata['split_names']) == ['train', 'eval', 'test', 'holdout']
-  assert json.loads(metadata['split_counts']) == {'train': 100, 'eval': 20, 'test': 30,
-                                                  'holdout': 0}
-  assert metadata['input_fingerprint'].startswith('split:train,num_files:2')  # the driver
-  for split, count in (('train', 100), ('eval', 20), ('test', 30)):
-    files = sorted(str(p) for p in (launcher.local(uri) / f'Split-{split}').glob('*.gz'))
-    assert files, split
-    records = tf.data.TFRecordDataset(files, compression_type='GZIP')
-    assert sum(1 for _ in records) == count, split
-
-
-def test_downstream_pod_runs_with_the_types_the_open_source_driver_passes(
-    launcher, example_gen):
-  examples = Launcher.as_input(example_gen, 'examples', mlmd_id=11)
-  assert examples['artifacts'][0]['type'] == {'instanceSchema': ''}
-  result = launcher.run(ids.STATISTICS_GEN, {'examples': examples})
-  assert result.returncode == 0, tail(result)
-  assert 'type tfx.Examples restored' in result.stderr
-  artifact = launcher.executor_output(ids.STATISTICS_GEN)['artifacts']['statistics']['artifacts'][0]
-  assert artifact['uri'] == launcher.output_uri(ids.STATISTICS_GEN, 'statistics')
-  assert json.loads(artifact['metadata']['split_names']) == ['train', 'eval', 'test', 'holdout']
-  assert list(launcher.local(artifact['uri']).glob('Split-train/FeatureStats.pb'))
-
-
-def test_tfx_own_entrypoint_still_fails_on_that_input(launcher, example_gen):
-  """tensorflow/tfx#7768: why the spec runs kubeflow.entrypoint. TFX's entrypoint
-  (`kubeflow_v2_run_executor`, whose `main` is `_run_executor` on its parsed flags) gets
-  the same arguments in-process. When this starts to fail, TFX has fixed the bug and the
-  repair of artifact types can go."""
-  from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor as tfx_entry  # pylint: disable=import-outside-toplevel
-  examples = Launcher.as_input(example_gen, 'examples', mlmd_id=11)
-  args, beam_args = tfx_entry._parse_flags(launcher.args(ids.STATISTICS_GEN, {'examples': examples}))  # pylint: disable=protected-access
-  with pytest.raises(AttributeError, match="'NoneType' object has no attribute 'get'"):
-    tfx_entry._run_executor(args, beam_args)  # pylint: disable=protected-access
-
-
-# ---------------------------------------------------------------------------
-# The repairs, one by one.
 
 def artifact_type(**kind) -> pipeline_spec_pb2.ArtifactTypeSchema:
   return pipeline_spec_pb2.ArtifactTypeSchema(**kind)
@@ -203,23 +132,27 @@ def test_data_on_object_storage_is_staged_to_a_local_folder(tmp_path: Path):
 # ---------------------------------------------------------------------------
 # Pipeline parameters set for one run reach the executors, typed.
 
-def run_in_process(launcher: Launcher, task: str, inputs: Dict[str, Any], monkeypatch) -> None:
-  """The task's compiled command line through kubeflow.entrypoint, in this process."""
-  monkeypatch.setenv(entrypoint.LOCAL_ROOT_ENV, str(launcher.mirror))
-  launcher.output_file(task).parent.mkdir(parents=True, exist_ok=True)
-  args, beam_args = entrypoint.parse_flags(launcher.args(task, inputs))
-  assert args.json_serialized_inputs_spec_args  # the parameter types travel with the task
-  entrypoint.run(args, beam_args)
-
-
-def local_inputs(tmp_path: Path, *names: str) -> Dict[str, Any]:
-  """Upstream artifacts as the open-source driver passes them (no type), on local paths."""
-  result = {}
-  for name in names:
+def prepared(compiled, tmp_path: Path, task: str,
+             **run_values: Any) -> Tuple[KfpRun, Dict[str, Any], List[str]]:
+  """The task's executor input and args as the driver and launcher make them for a run
+  with these pipeline parameters; upstream artifacts are empty local folders, recorded
+  as their producers' outputs (so they reach the task untyped, as from ML Metadata)."""
+  run = KfpRun(compiled.spec, tmp_path, PIPELINE_ROOT, runtime_config=run_values)
+  for name, source in run.tasks[task]['inputs'].get('artifacts', {}).items():
+    output = source['taskOutputArtifact']
     (tmp_path / name).mkdir()
-    result[name] = {'artifacts': [{'name': '7', 'uri': str(tmp_path / name),
-                                   'type': {'instanceSchema': ''}}]}
-  return result
+    run.mlmd.record(output['producerTask'], output['outputArtifactKey'],
+                    {'uri': str(tmp_path / name)})
+  executor_input, args, _ = run.prepare(task, tmp_path / 'pod')
+  return run, executor_input, args
+
+
+def run_in_process(tmp_path: Path, args: List[str], monkeypatch) -> None:
+  """The task's compiled command line through kubeflow.entrypoint, in this process."""
+  monkeypatch.setenv(entrypoint.LOCAL_ROOT_ENV, str(tmp_path / 'pod' / 'mirror'))
+  flags, beam_args = entrypoint.parse_flags(args)
+  assert flags.json_serialized_inputs_spec_args  # the parameter types travel with the task
+  entrypoint.run(flags, beam_args)
 
 
 def test_epochs_and_learning_rate_of_a_run_reach_run_fn_typed(compiled, tmp_path, monkeypatch):
@@ -230,26 +163,24 @@ def test_epochs_and_learning_rate_of_a_run_reach_run_fn_typed(compiled, tmp_path
   seen = {}
   monkeypatch.setattr(trainer_executor.GenericExecutor, 'Do',
                       lambda self, i, o, exec_properties: seen.update(exec_properties))
-  launcher = Launcher(bound(compiled.spec, epochs=5, learning_rate=0.001), tmp_path / 'pod')
-  executor_input = launcher.executor_input(ids.TRAINER, {})
+  _, executor_input, args = prepared(compiled, tmp_path, ids.TRAINER, epochs=5,
+                                     learning_rate=0.001)
   assert executor_input['inputs']['parameterValues']['epochs'] == 5
-  run_in_process(launcher, ids.TRAINER,
-                 local_inputs(tmp_path, 'examples', 'transform_graph', 'schema'), monkeypatch)
+  run_in_process(tmp_path, args, monkeypatch)
   training = json.loads(seen['custom_config'])['training']
   assert (training['epochs'], training['learning_rate']) == (5, 0.001)
   assert type(training['epochs']) is int and type(seen['epochs']) is int
   assert training['batch_size'] == 128  # fixed at compile time
-  model = launcher.executor_output(ids.TRAINER)['artifacts']['model']['artifacts'][0]
+  output = json.loads(Path(executor_input['outputs']['outputFile']).read_text())
+  model = output['artifacts']['model']['artifacts'][0]
   assert json.loads(model['metadata']['training'])['epochs'] == 5  # the Pusher's record
 
 
 def test_a_fractional_epochs_is_an_error_not_truncated(compiled, tmp_path, monkeypatch, capsys):
   """The API server takes 2.5 for an integer parameter; TFX's entrypoint would train 2."""
-  launcher = Launcher(bound(compiled.spec, epochs=2.5), tmp_path / 'pod')
-  monkeypatch.setenv(entrypoint.LOCAL_ROOT_ENV, str(launcher.mirror))
-  argv = launcher.args(ids.TRAINER, local_inputs(tmp_path, 'examples', 'transform_graph',
-                                                 'schema'))
-  assert entrypoint.main(argv) == 2
+  _, _, args = prepared(compiled, tmp_path, ids.TRAINER, epochs=2.5)
+  monkeypatch.setenv(entrypoint.LOCAL_ROOT_ENV, str(tmp_path / 'pod' / 'mirror'))
+  assert entrypoint.main(args) == 2
   assert "parameter 'epochs': expected a whole number, found 2.5" in capsys.readouterr().err
 
 
@@ -258,9 +189,8 @@ def test_an_unset_parameter_runs_with_the_compiled_default(compiled, tmp_path, m
   seen = {}
   monkeypatch.setattr(trainer_executor.GenericExecutor, 'Do',
                       lambda self, i, o, exec_properties: seen.update(exec_properties))
-  launcher = Launcher(bound(compiled.spec), tmp_path / 'pod')
-  run_in_process(launcher, ids.TRAINER,
-                 local_inputs(tmp_path, 'examples', 'transform_graph', 'schema'), monkeypatch)
+  _, _, args = prepared(compiled, tmp_path, ids.TRAINER)
+  run_in_process(tmp_path, args, monkeypatch)
   assert json.loads(seen['custom_config'])['training']['epochs'] == 24
 
 
@@ -273,12 +203,13 @@ def test_the_accuracy_threshold_of_a_run_is_the_gate_the_evaluator_applies(
   monkeypatch.setattr(evaluator_executor.Executor, 'Do',
                       lambda self, i, o, exec_properties: seen.update(exec_properties))
   monkeypatch.setattr(served_baseline.Executor, '_record', staticmethod(lambda *a: None))
-  spec = bound(compiled.spec, accuracy_threshold=0.5)
+  spec = copy.deepcopy(compiled.spec)
   (tmp_path / 'serving').mkdir()  # nothing served yet
   spec['root']['dag']['tasks'][ids.EVALUATOR]['inputs']['parameters']['serving_dir'] = {
       'runtimeValue': {'constant': str(tmp_path / 'serving')}}
-  run_in_process(Launcher(spec, tmp_path / 'pod'), ids.EVALUATOR,
-                 local_inputs(tmp_path, 'examples', 'model'), monkeypatch)
+  _, _, args = prepared(dataclasses.replace(compiled, spec=spec), tmp_path, ids.EVALUATOR,
+                        accuracy_threshold=0.5)
+  run_in_process(tmp_path, args, monkeypatch)
   assert type(seen['accuracy_threshold']) is float
   config = json_format.Parse(seen['eval_config'], tfma.EvalConfig())
   (metric,) = [m for spec in config.metrics_specs for m in spec.metrics
