@@ -27,6 +27,7 @@ from absl import logging
 from google.protobuf import json_format
 import tensorflow_model_analysis as tfma
 from tfx import types
+from tfx.components.evaluator import constants as evaluator_constants
 from tfx.components.evaluator import executor as evaluator_executor
 from tfx.dsl.components.base import base_beam_component, base_driver, executor_spec
 from tfx.dsl.io import fileio
@@ -147,6 +148,24 @@ class Executor(evaluator_executor.Executor):
                    serving_dir)
     super().Do(input_dict, output_dict, exec_properties)
     self._record(input_dict, output_dict, version)
+    if version:
+      self._name_the_served_baseline(output_dict, f'{serving_dir.rstrip("/")}/{version}')
+
+  @staticmethod
+  def _name_the_served_baseline(output_dict: Dict[str, List[types.Artifact]],
+                                served_uri: str) -> None:
+    """TFX's Evaluator names the baseline on the blessing by ML Metadata id and URI; the
+    served copy is no MLMD artifact (id 0) in a temporary folder. The id goes: on
+    Kubeflow, TFX's entrypoint maps blessing ids to MLMD names and fails on one it was
+    not given (KeyError: 0), so every run after the first push would die there. The URI
+    becomes the served version's folder; `baseline_version` names it too."""
+    blessing = artifact_utils.get_single_instance(
+        output_dict[standard_component_specs.BLESSING_KEY])
+    properties = blessing.mlmd_artifact.custom_properties
+    if evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY in properties:
+      del properties[evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY]
+    blessing.set_string_custom_property(
+        evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, served_uri)
 
   @staticmethod
   def _record(input_dict: Dict[str, List[types.Artifact]],

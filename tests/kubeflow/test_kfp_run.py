@@ -193,3 +193,58 @@ def test_tfx_own_entrypoint_still_fails_on_what_the_driver_passes(run: Run):
   args, beam_args = tfx_entry._parse_flags(run.kfp.runs[ids.STATISTICS_GEN].args)  # pylint: disable=protected-access
   with pytest.raises(AttributeError, match="'NoneType' object has no attribute 'get'"):
     tfx_entry._run_executor(args, beam_args)  # pylint: disable=protected-access
+
+
+# ---------------------------------------------------------------------------
+# The gate on Kubeflow: a nightly model worse than the served one is not pushed.
+
+@dataclasses.dataclass
+class Nightly:
+  kfp: KfpRun
+  serving_before: Dict[str, bytes]  # the serving folder's files before the run
+  serving_after: Dict[str, bytes]
+
+
+def folder_bytes(folder: Path) -> Dict[str, bytes]:
+  return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*'))
+          if p.is_file()}
+
+
+@pytest.fixture(scope='module')
+def nightly(run: Run, tmp_path_factory) -> Nightly:
+  """A second run of the same compiled spec, as a schedule starts it with its own
+  parameters (no recompile): a learning rate that leaves the new model far behind the
+  served one, and no absolute bound, so only the comparison with the served model can
+  stop it. The tasks before the Trainer are taken from the first run, as KFP's cache
+  gives them for unchanged inputs (the never-cached ExampleGen would read the same files);
+  the Trainer, the Evaluator and the Pusher run again, in their own pods."""
+  kfp = KfpRun(run.kfp.spec, tmp_path_factory.mktemp('kfp-nightly'), PIPELINE_ROOT,
+               runtime_config={'learning_rate': 1e-7, 'accuracy_threshold': 0.0},
+               run_id='run-2')
+  kfp.bucket = run.kfp.bucket
+  kfp.mlmd.artifacts = dict(run.kfp.mlmd.artifacts)
+  kfp.mlmd.outputs = {task: dict(outputs) for task, outputs in run.kfp.mlmd.outputs.items()}
+  before = folder_bytes(run.serving_dir)
+  for task in (ids.TRAINER, ids.EVALUATOR, ids.PUSHER):
+    result = kfp.run_task(task)
+    assert result.returncode == 0, f'{task}:\n{result.tail()}'
+  return Nightly(kfp, before, folder_bytes(run.serving_dir))
+
+
+def test_a_nightly_model_worse_than_the_served_one_is_not_blessed(run: Run, nightly: Nightly):
+  trainer = nightly.kfp.runs[ids.TRAINER].executor_input['inputs']['parameterValues']
+  assert trainer['learning_rate'] == 1e-7  # the run's parameter, not the compiled one
+  blessing = nightly.kfp.mlmd.output(ids.EVALUATOR, 'blessing')
+  assert blessing['uri'].startswith(f'{PIPELINE_ROOT}/mnist/run-2/')
+  metadata = blessing['metadata']
+  assert metadata['blessed'] == 0.0, nightly.kfp.runs[ids.EVALUATOR].tail()
+  served = layout.latest_version(run.serving_dir)
+  assert metadata['baseline_version'] == served.name  # the served model, read from the PVC
+  assert metadata['candidate_accuracy'] < metadata['baseline_accuracy']
+  assert metadata['candidate_accuracy'] >= 0.0  # above the run's absolute bound
+
+
+def test_the_pusher_leaves_the_served_model_untouched(nightly: Nightly):
+  pushed = nightly.kfp.mlmd.output(ids.PUSHER, 'pushed_model')['metadata']
+  assert pushed['pushed'] == 0.0
+  assert nightly.serving_after == nightly.serving_before
