@@ -18,6 +18,29 @@ from trainer import idx  # pylint: disable=g-import-not-at-top
 from pipeline import configs  # pylint: disable=g-import-not-at-top
 
 
+def background_modules(items) -> list:
+  """Test modules whose expensive fixture work runs in a thread of its own from the
+  session's start (a `BACKGROUND` object with start(mnist_dir, tmp_path_factory) and
+  stop(); tests/kubeflow/test_kfp_run.py: processes, so it overlaps the other tests)."""
+  return list({id(item.module): item.module for item in items
+               if hasattr(getattr(item, 'module', None), 'BACKGROUND')}.values())
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # pylint: disable=unused-argument
+  """Background modules' tests go last, so they wait the least for their results."""
+  items.sort(key=lambda item: hasattr(getattr(item, 'module', None), 'BACKGROUND'))
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _background_work(request, tmp_path_factory):
+  modules = background_modules(request.session.items)
+  for module in modules:
+    module.BACKGROUND.start(request.getfixturevalue('mnist_dir'), tmp_path_factory)
+  yield
+  for module in modules:
+    module.BACKGROUND.stop()
+
+
 @pytest.fixture(scope='session')
 def mnist_dir() -> Path:
   """The canonical MNIST files beside the checkout; tests never download."""

@@ -242,6 +242,10 @@ class KfpRun:
     self.mlmd = Mlmd()
     self.parameters = self.root_parameters(runtime_config or {})
     self.runs: Dict[str, TaskRun] = {}
+    self.stopped = threading.Event()  # set: no new task starts (the session is over)
+
+  def stop(self) -> None:
+    self.stopped.set()
 
   @property
   def tasks(self) -> Dict[str, Any]:
@@ -483,7 +487,7 @@ class KfpRun:
     with futures.ThreadPoolExecutor(parallel) as pool:
       running: Dict[futures.Future, str] = {}
       while True:
-        if not failed:
+        if not failed and not self.stopped.is_set():
           for task in self.order():
             if (task not in started and len(running) < parallel and
                 all(u in succeeded for u in self.upstream(task))):

@@ -2,7 +2,8 @@
 then the pushed model served by `python -m serving`.
 
 One run shared by every test here (each task is a process importing TFX; the whole takes
-a few minutes on 2 cores): a slice of the shared MNIST (1 epoch) on a "PVC" folder, the
+a few minutes on 2 cores, so it starts in the background when the session starts and these
+tests run last: see Background): a slice of the shared MNIST (1 epoch) on a "PVC" folder, the
 pipeline root in a "bucket" folder (`minio://mlpipeline/...`), each task in its own pod
 folder, artifacts handed over only through the bucket and the emulated ML Metadata.
 Serving and data are PVC paths, not gs://: a gs:// location would need real GCS (the
@@ -14,16 +15,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import resource
 import shutil
+import subprocess
+import sys
 import time
+from concurrent import futures
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
 
 from pipeline import component_ids as ids
+from pipeline.configs import REPO_ROOT
 from serving import process
 from tests.kubeflow.conftest import PIPELINE_ROOT, compile_args, load_compiled
 from tests.kubeflow.launcher import KfpRun, local_path_for_uri
@@ -46,18 +50,12 @@ class Run:
   order: List[str]
   seconds: float
   serving_dir: Path   # <serving uri>/<model name>: what the Pusher writes into
+  summary: str        # each task's time
 
 
-def children_cpu_seconds() -> float:
-  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-  return usage.ru_utime + usage.ru_stime
-
-
-@pytest.fixture(scope='module')
-def run(mnist_dir: Path, tmp_path_factory) -> Run:
-  """Compile through the CLI, put the MNIST files on the "PVC", run every task."""
-  from kubeflow.__main__ import main  # pylint: disable=import-outside-toplevel
-  work = tmp_path_factory.mktemp('kfp-run')
+def first_run(mnist_dir: Path, work: Path) -> Run:
+  """Compile through the CLI (its own process), put the MNIST files on the "PVC", run
+  every task."""
   data = work / 'pvc' / 'mnist'
   data.mkdir(parents=True)
   for path in mnist_dir.glob('*-ubyte.gz'):
@@ -65,16 +63,58 @@ def run(mnist_dir: Path, tmp_path_factory) -> Run:
   serving = work / 'pvc' / 'serving'
   out = work / 'mnist.yaml'
   argv = compile_args(data, out, '--serving-uri', str(serving), *SLICE)
-  assert main(argv) == 0
+  compiled = subprocess.run([sys.executable, '-m', 'kubeflow', *argv], cwd=work,
+                            env={**os.environ, 'PYTHONPATH': str(REPO_ROOT)},
+                            capture_output=True, text=True, timeout=600, check=False)
+  assert compiled.returncode == 0, compiled.stdout + compiled.stderr
   spec = load_compiled(out, data, argv).spec
   kfp = KfpRun(spec, work, PIPELINE_ROOT)
-  started, cpu = time.monotonic(), children_cpu_seconds()
+  BACKGROUND.current = kfp
+  started = time.monotonic()
   order = kfp.run_all()
   seconds = time.monotonic() - started
-  print(f'\nKFP emulation: {seconds:.0f} s ({children_cpu_seconds() - cpu:.0f} s of CPU, '
-        f'load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); ' +
-        ', '.join(f'{t} {kfp.runs[t].seconds:.0f} s' for t in order if t in kfp.runs))
-  return Run(kfp, order, seconds, serving / spec['pipelineInfo']['name'])
+  summary = (f'KFP emulation: {seconds:.0f} s, load {os.getloadavg()[0]:.1f} on '
+             f'{os.cpu_count()} cores; ' +
+             ', '.join(f'{t} {kfp.runs[t].seconds:.0f} s' for t in order if t in kfp.runs))
+  return Run(kfp, order, seconds, serving / spec['pipelineInfo']['name'], summary)
+
+
+class Background:
+  """Both runs, started once per session in a thread as soon as the session's first test
+  starts (tests/conftest.py), while the rest of the suite goes on: every task is a
+  process of its own, so on 2 cores the runs overlap the other tests instead of adding
+  minutes to the suite; these tests are ordered last and wait for the results."""
+
+  def __init__(self) -> None:
+    self.pool = futures.ThreadPoolExecutor(1, thread_name_prefix='kfp-run')
+    self.runs: Optional[futures.Future] = None
+    self.nightly: Optional[futures.Future] = None
+    self.current: Optional[KfpRun] = None  # the run whose tasks are running, to stop
+
+  def start(self, mnist_dir: Path, tmp_path_factory) -> None:
+    if self.runs is None:
+      self.runs = self.pool.submit(first_run, mnist_dir, tmp_path_factory.mktemp('kfp-run'))
+      self.nightly = self.pool.submit(
+          lambda: nightly_run(self.runs.result(), tmp_path_factory.mktemp('kfp-nightly')))
+
+  def stop(self) -> None:
+    """At the end of the session: start no new task (a failed or interrupted session
+    does not wait for the rest of the runs), let the running ones end."""
+    if self.current is not None:
+      self.current.stop()
+    if self.nightly is not None:
+      self.nightly.cancel()
+    self.pool.shutdown(wait=True)
+
+
+BACKGROUND = Background()
+RUN_TIMEOUT = 1800
+
+
+@pytest.fixture(scope='module')
+def run(mnist_dir: Path, tmp_path_factory) -> Run:
+  BACKGROUND.start(mnist_dir, tmp_path_factory)  # if the session has not yet
+  return BACKGROUND.runs.result(timeout=RUN_TIMEOUT)
 
 
 def output(run: Run, task: str, name: str) -> Dict:
@@ -83,6 +123,7 @@ def output(run: Run, task: str, name: str) -> Dict:
 
 
 def test_every_task_runs_and_succeeds_in_dependency_order(run: Run):
+  print(f'\n{run.summary}')
   assert sorted(run.order) == sorted(ids.ALL) == sorted(run.kfp.tasks)
   for task in run.order:
     assert run.kfp.runs[task].returncode == 0, f'{task}:\n{run.kfp.runs[task].tail()}'
@@ -210,25 +251,31 @@ def folder_bytes(folder: Path) -> Dict[str, bytes]:
           if p.is_file()}
 
 
-@pytest.fixture(scope='module')
-def nightly(run: Run, tmp_path_factory) -> Nightly:
+def nightly_run(run: Run, work: Path) -> Nightly:
   """A second run of the same compiled spec, as a schedule starts it with its own
   parameters (no recompile): a learning rate that leaves the new model far behind the
   served one, and no absolute bound, so only the comparison with the served model can
   stop it. The tasks before the Trainer are taken from the first run, as KFP's cache
   gives them for unchanged inputs (the never-cached ExampleGen would read the same files);
   the Trainer, the Evaluator and the Pusher run again, in their own pods."""
-  kfp = KfpRun(run.kfp.spec, tmp_path_factory.mktemp('kfp-nightly'), PIPELINE_ROOT,
+  kfp = KfpRun(run.kfp.spec, work, PIPELINE_ROOT,
                runtime_config={'learning_rate': 1e-7, 'accuracy_threshold': 0.0},
                run_id='run-2')
   kfp.bucket = run.kfp.bucket
   kfp.mlmd.artifacts = dict(run.kfp.mlmd.artifacts)
   kfp.mlmd.outputs = {task: dict(outputs) for task, outputs in run.kfp.mlmd.outputs.items()}
+  BACKGROUND.current = kfp
   before = folder_bytes(run.serving_dir)
   for task in (ids.TRAINER, ids.EVALUATOR, ids.PUSHER):
+    assert not kfp.stopped.is_set(), 'the session ended'
     result = kfp.run_task(task)
     assert result.returncode == 0, f'{task}:\n{result.tail()}'
   return Nightly(kfp, before, folder_bytes(run.serving_dir))
+
+
+@pytest.fixture(scope='module')
+def nightly(run: Run) -> Nightly:
+  return BACKGROUND.nightly.result(timeout=RUN_TIMEOUT)
 
 
 def test_a_nightly_model_worse_than_the_served_one_is_not_blessed(run: Run, nightly: Nightly):
