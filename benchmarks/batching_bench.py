@@ -45,10 +45,15 @@ from pipeline import configs
 from serving import process
 from trainer import features, idx
 
-DEFAULT_PARAMETERS = '''max_batch_size { value: 16 }
-batch_timeout_micros { value: 5000 }
+# TF Serving's batching guide (tensorflow_serving/batching/README.md): with synchronous
+# clients, "set the number of client threads to roughly twice the maximum batch size" (16
+# clients: batches of 8, one filling while the other runs); for a CPU-only server,
+# num_batch_threads = the cores (2 here) and batch_timeout_micros tried in the 1-10 ms range.
+# docs/benchmarks.md compares the alternatives.
+DEFAULT_PARAMETERS = '''max_batch_size { value: 8 }
+batch_timeout_micros { value: 10000 }
 max_enqueued_batches { value: 100 }
-num_batch_threads { value: 1 }
+num_batch_threads { value: 2 }
 '''
 TARGET_THROUGHPUT_RATIO = 1.5
 Call = Callable[[], object]

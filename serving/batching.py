@@ -112,12 +112,16 @@ def read_parameters(path: Optional[Path]) -> BatchingParameters:
 
 
 class _Task:
-  __slots__ = ('inputs', 'rows', 'done', 'outputs', 'error')
+  """One request's rows. `ready` is a lock the batch thread releases once `outputs` or
+  `error` is set: the cheapest hand-off between two threads (an Event is a Condition
+  and a lock)."""
+  __slots__ = ('inputs', 'rows', 'ready', 'outputs', 'error')
 
   def __init__(self, inputs: Mapping[str, np.ndarray], rows: int):
     self.inputs = inputs
     self.rows = rows
-    self.done = threading.Event()
+    self.ready = threading.Lock()
+    self.ready.acquire()
     self.outputs: Arrays = {}
     self.error: Optional[BaseException] = None
 
@@ -168,10 +172,15 @@ class Batcher:
         batch = self._batches[-1]
         batch.tasks.append(task)
         batch.rows += task.rows
-        self._cond.notify()
+        # Wake a batch thread only when there is news for it, as TF's queue does: a new
+        # batch (its timeout starts now, or it closed the one before) or a full one.
+        # Other tasks just join: an idle thread's timed wait already ends at the timeout,
+        # and a busy one looks again when it is done.
+        if len(batch.tasks) == 1 or batch.rows >= self._params.max_batch_size:
+          self._cond.notify()
     if closed:
       return self._run(dict(inputs))   # the version is being unloaded: run it alone
-    task.done.wait()
+    task.ready.acquire()
     if task.error is not None:
       raise task.error
     return task.outputs
@@ -191,6 +200,8 @@ class Batcher:
           wait = oldest.opened + self._timeout - time.monotonic()
           if (wait <= 0 or len(self._batches) > 1 or self._closed
               or oldest.rows >= self._params.max_batch_size):
+            if len(self._batches) > 1:
+              self._cond.notify()   # an idle thread takes up the batch behind this one
             return self._batches.popleft()
           self._cond.wait(wait)
         elif self._closed:
@@ -225,4 +236,4 @@ class Batcher:
         task.error = e
     finally:
       for task in tasks:
-        task.done.set()
+        task.ready.release()

@@ -11,6 +11,7 @@ compare it here, and only then build arrays.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
@@ -72,6 +73,7 @@ _ENCODINGS = {
     'DT_COMPLEX64': ('scomplex_val', 2, 8), 'DT_COMPLEX128': ('dcomplex_val', 2, 16)}
 
 
+@functools.lru_cache(maxsize=None)
 def dtype_name(enum: int) -> str:
   # Imported here: importing any TensorFlow proto imports TensorFlow, which `python -m
   # serving` defers until its flags have parsed.
@@ -113,7 +115,8 @@ def check_tensor_proto(name: str, proto: Any, expected_dtype: int,
     elif field and len(getattr(proto, field)) > elements * per_element:
       raise invalid(f'Input "{name}" carries {len(getattr(proto, field)) // per_element} '
                     f'values for shape {shape_text(shape)} ({elements} elements)')
-  check_bytes(f'Input "{name}" of shape {shape_text(shape)}', size, limits)
+  if size > limits.max_input_bytes:   # the message is only built when it is needed
+    check_bytes(f'Input "{name}" of shape {shape_text(shape)}', size, limits)
   return size
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import prometheus_client
@@ -97,12 +97,25 @@ BATCH_SIZE = Histogram('serving_batch_size', 'Rows per model call.', ('model_nam
                        buckets=BATCH_BUCKETS, registry=REGISTRY)
 
 
+_CHILDREN: Dict[Tuple[int, Tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+  """`metric.labels(*labels)`, remembered: prometheus_client checks the labels and takes a
+  lock on each call, and these are called for every request. No series is ever removed."""
+  key = (id(metric), labels)
+  child = _CHILDREN.get(key)
+  if child is None:
+    child = _CHILDREN[key] = metric.labels(*labels)
+  return child
+
+
 def record_request(model_name: str, api: str, entrypoint: str, status: str,
                    seconds: float) -> None:
   """One Predict/Classify/Regress request: counted by status; timed when OK, as TF Serving."""
   _EXACT.inc(REQUEST_COUNT, (model_name, status))
   if status == 'OK':
-    REQUEST_LATENCY.labels(model_name, api, entrypoint).observe(seconds * 1e6)
+    _child(REQUEST_LATENCY, model_name, api, entrypoint).observe(seconds * 1e6)
 
 
 def record_load(model_path: str, ok: bool, seconds: float) -> None:
@@ -120,17 +133,17 @@ def record_warmup(model_name: str, version: int, model_path: str, status: str, r
 def record_predictions(model_name: str, version: int, rows: int,
                        classes: Optional[np.ndarray]) -> None:
   """`rows` answers; `classes` (ints, or a classify signature's labels) one per row, if any."""
-  PREDICTIONS.labels(model_name, str(version)).inc(rows)
+  _child(PREDICTIONS, model_name, str(version)).inc(rows)
   if classes is None:
     return
   for value, count in collections.Counter(classes.tolist()).items():
     label = value.decode(errors='replace') if isinstance(value, bytes) else str(value)
-    PREDICTED_CLASS.labels(model_name, str(version), label).inc(count)
+    _child(PREDICTED_CLASS, model_name, str(version), label).inc(count)
 
 
 def record_model_call(model_name: str, version: int, signature: str, rows: int) -> None:
-  MODEL_CALLS.labels(model_name, str(version), signature).inc()
-  BATCH_SIZE.labels(model_name, signature).observe(rows)
+  _child(MODEL_CALLS, model_name, str(version), signature).inc()
+  _child(BATCH_SIZE, model_name, signature).observe(rows)
 
 
 def count_correction(model_name: str = 'mnist', count: int = 1) -> None:

@@ -105,14 +105,16 @@ def _check_input(name: str, value: np.ndarray, info: TensorInfo, limits: Limits)
     raise invalid(f'Input "{name}" expects {_dtype_name(info.numpy_dtype)} but '
                   f'{_dtype_name(value.dtype)} was provided')
   check_shape(name, value.shape, info.shape, limits)
-  if value.dtype.kind == 'f' and not np.isfinite(value).all():
+  if not value.size or (value.dtype.kind != 'f' and name != features.PIXELS_INPUT):
+    return
+  low, high = value.min(), value.max()   # NaN propagates: the two also tell finiteness
+  if value.dtype.kind == 'f' and not (np.isfinite(low) and np.isfinite(high)):
     raise invalid(f'Input "{name}" holds NaN or infinite values')
-  if name == features.PIXELS_INPUT and value.size and (
-      value.min() < 0 or value.max() > features.PIXEL_MAX):
+  if name == features.PIXELS_INPUT and (low < 0 or high > features.PIXEL_MAX):
     # Stricter than TF Serving, which passes any float: a pixel outside 0-255 is a client
     # bug (wrong scaling, say) that the model's clipping would otherwise hide.
     raise invalid(f'Input "{name}" expects pixel values 0-{features.PIXEL_MAX}, found '
-                  f'{value.min():g} to {value.max():g}')
+                  f'{low:g} to {high:g}')
 
 
 def _op_error_text(message: str) -> str:

@@ -89,6 +89,64 @@ def test_batcher_merges_concurrent_tasks_and_splits_outputs():
     batcher.run({'x': np.zeros((9, 3), np.int64)})
 
 
+def test_full_batch_runs_at_once_and_a_lone_task_after_the_timeout():
+  """TF's scheduler: a batch is run as soon as it is full, whatever the timeout; one that
+  does not fill waits batch_timeout_micros from its first task."""
+  calls: List[int] = []
+  def run(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    calls.append(len(inputs['x']))
+    return {'y': inputs['x']}
+  slow = batching.Batcher('full', run, batching.BatchingParameters(
+      max_batch_size=4, batch_timeout_micros=60_000_000, num_batch_threads=1))
+  start = time.monotonic()
+  threads = [threading.Thread(target=slow.run, args=({'x': np.full((1, 2), i)},), daemon=True)
+             for i in range(4)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join(timeout=30)
+  assert time.monotonic() - start < 20 and calls == [4]     # not the 60 s timeout
+  slow.close()
+  short = batching.Batcher('lone', run, batching.BatchingParameters(
+      max_batch_size=4, batch_timeout_micros=300_000, num_batch_threads=1))
+  start = time.monotonic()
+  np.testing.assert_array_equal(short.run({'x': np.ones((1, 2))})['y'], np.ones((1, 2)))
+  assert time.monotonic() - start >= 0.29 and calls == [4, 1]
+  short.close()
+
+
+def test_idle_thread_takes_the_batch_behind_a_running_one():
+  """With two batch threads, a full batch queued while the first thread runs another goes
+  to the second thread at once (it is not left until the first is done)."""
+  release = threading.Event()
+  started: List[int] = []
+  def run(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    started.append(int(inputs['x'][0, 0]))
+    if inputs['x'][0, 0] == 0:
+      release.wait(timeout=60)                    # the first batch holds its thread
+    return {'y': inputs['x']}
+  batcher = batching.Batcher('two', run, batching.BatchingParameters(
+      max_batch_size=2, batch_timeout_micros=60_000_000, num_batch_threads=2))
+  first = [threading.Thread(target=batcher.run, args=({'x': np.zeros((1, 2))},), daemon=True)
+           for _ in range(2)]
+  for thread in first:
+    thread.start()
+  process.wait_for(lambda: started == [0], timeout=20, what='the first batch to start')
+  second = [threading.Thread(target=batcher.run, args=({'x': np.ones((1, 2))},), daemon=True)
+            for _ in range(2)]
+  for thread in second:
+    thread.start()
+  for thread in second:
+    thread.join(timeout=20)
+  try:
+    assert not any(t.is_alive() for t in second) and started == [0, 1]
+  finally:
+    release.set()
+    for thread in first:
+      thread.join(timeout=20)
+    batcher.close()
+
+
 def test_closed_batcher_runs_requests_alone_and_its_threads_exit():
   """A version being unloaded: requests that already hold it still get answers."""
   def run(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
