@@ -9,6 +9,7 @@ the CLI's own main() against the loopback KFP API. So the doc cannot drift from 
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -50,8 +51,13 @@ def test_the_docs_path_runs_from_image_to_nightly_schedule(fake_kfp, monkeypatch
   for argv in doc_commands():
     line = shlex.join(argv)
     if argv[:2] == ['make', 'image']:
+      # As a user's shell runs it: not as a sub-make of `make test` (whose MAKEFLAGS and
+      # MAKELEVEL make the inner make print "Entering directory" lines).
+      env = {k: v for k, v in os.environ.items()
+             if k not in ('MAKEFLAGS', 'MAKELEVEL', 'MFLAGS', 'MAKEOVERRIDES')}
       printed = subprocess.run(['make', '-n', *argv[1:]], cwd=configs.REPO_ROOT, check=True,
-                               capture_output=True, text=True).stdout.replace('\\\n', ' ')
+                               env=env, capture_output=True,
+                               text=True).stdout.replace('\\\n', ' ')
       build = shlex.split(printed)
       assert build[:4] == ['docker', 'build', '-f', 'kubeflow/Dockerfile'], printed
       image = build[build.index('-t') + 1]
