@@ -292,13 +292,17 @@ class FakeKfp:
     self.versions.append(version)
     return version
 
+  def version(self, version_id: Optional[str]) -> Any:
+    """The uploaded pipeline version of that id, or None."""
+    return next((v for v in self.versions if v.pipeline_version_id == version_id), None)
+
   def run_spec(self, body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """The pipeline spec a run or recurring run request runs: inline or its version's."""
     inline = (body.get('pipeline_spec') or {}).get('pipeline_spec')
     if inline is not None:
       return inline
     version_id = (body.get('pipeline_version_reference') or {}).get('pipeline_version_id')
-    version = next((v for v in self.versions if v.pipeline_version_id == version_id), None)
+    version = self.version(version_id)
     if version is None:
       return None
     stored = version.pipeline_spec or {}
@@ -310,7 +314,7 @@ class FakeKfp:
     if not reference or not reference.get('pipeline_version_id'):
       return None
     version_id = reference['pipeline_version_id']
-    version = next((v for v in self.versions if v.pipeline_version_id == version_id), None)
+    version = self.version(version_id)
     if version is None:
       message = (f'Failed to create a run due to error fetching manifest: Failed to fetch a '
                  f'pipeline version and its manifest from pipeline version {version_id}: '
