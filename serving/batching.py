@@ -15,6 +15,7 @@ parser reads the file: a file TF Serving accepts parses the same way here.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import logging
@@ -22,7 +23,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Deque, Dict, List, Mapping, Optional, Tuple
+from typing import Awaitable, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 import grpc
 import numpy as np
@@ -112,18 +113,33 @@ def read_parameters(path: Optional[Path]) -> BatchingParameters:
 
 
 class _Task:
-  """One request's rows. `ready` is a lock the batch thread releases once `outputs` or
-  `error` is set: the cheapest hand-off between two threads (an Event is a Condition
-  and a lock)."""
-  __slots__ = ('inputs', 'rows', 'ready', 'outputs', 'error')
+  """One request's rows. A blocking caller waits on `ready`, a lock the batch thread
+  releases once `outputs` or `error` is set (the cheapest hand-off between two threads);
+  a coroutine awaits `future`, settled on its event loop."""
+  __slots__ = ('inputs', 'rows', 'ready', 'future', 'outputs', 'error')
 
-  def __init__(self, inputs: Mapping[str, np.ndarray], rows: int):
+  def __init__(self, inputs: Mapping[str, np.ndarray], rows: int,
+               future: Optional['asyncio.Future[Arrays]'] = None):
     self.inputs = inputs
     self.rows = rows
-    self.ready = threading.Lock()
-    self.ready.acquire()
+    self.future = future
+    self.ready: Optional[threading.Lock] = None
+    if future is None:
+      self.ready = threading.Lock()
+      self.ready.acquire()
     self.outputs: Arrays = {}
     self.error: Optional[BaseException] = None
+
+
+def _settle(tasks: List[_Task]) -> None:
+  """On the event loop: one call settles every awaiting task of a batch."""
+  for task in tasks:
+    if task.future.done():   # the caller went away (cancelled RPC)
+      continue
+    if task.error is not None:
+      task.future.set_exception(task.error)
+    else:
+      task.future.set_result(task.outputs)
 
 
 class _Batch:
@@ -153,37 +169,56 @@ class Batcher:
 
   def run(self, inputs: Mapping[str, np.ndarray]) -> Arrays:
     """Runs `inputs` as part of a batch; blocks until its outputs are ready."""
-    rows = {v.shape[0] if v.ndim else -1 for v in inputs.values()}
-    if len(rows) != 1 or -1 in rows:
-      return self._run(dict(inputs))   # no common batch dimension: the model will say why
-    task = _Task(inputs, rows.pop())
-    if task.rows > self._params.max_batch_size:
-      raise invalid(f'Task size {task.rows} is larger than maximum input batch size '
-                    f'{self._params.max_batch_size}')
-    with self._cond:
-      closed = self._closed
-      if not closed:
-        if not self._batches or self._batches[-1].rows + task.rows > self._params.max_batch_size:
-          if len(self._batches) >= self._params.max_enqueued_batches:
-            raise ServingError(grpc.StatusCode.UNAVAILABLE,
-                               'The batch scheduling queue to which this task was submitted is '
-                               'full')
-          self._batches.append(_Batch())
-        batch = self._batches[-1]
-        batch.tasks.append(task)
-        batch.rows += task.rows
-        # Wake a batch thread only when there is news for it, as TF's queue does: a new
-        # batch (its timeout starts now, or it closed the one before) or a full one.
-        # Other tasks just join: an idle thread's timed wait already ends at the timeout,
-        # and a busy one looks again when it is done.
-        if len(batch.tasks) == 1 or batch.rows >= self._params.max_batch_size:
-          self._cond.notify()
-    if closed:
-      return self._run(dict(inputs))   # the version is being unloaded: run it alone
+    task = self._enqueue(inputs, None)
+    if task is None:
+      return self._run(dict(inputs))
     task.ready.acquire()
     if task.error is not None:
       raise task.error
     return task.outputs
+
+  async def run_async(self, inputs: Mapping[str, np.ndarray],
+                      alone: Callable[[Callable[[], Arrays]], Awaitable[Arrays]]
+                      ) -> Arrays:
+    """`run` for a coroutine: no thread waits while the batch fills; the batch thread
+    settles all of a batch's futures with one call into the loop. A request that cannot
+    join a batch runs through `alone` (e.g. a thread pool), never on the loop."""
+    future = asyncio.get_running_loop().create_future()
+    task = self._enqueue(inputs, future)
+    if task is None:
+      return await alone(lambda: self._run(dict(inputs)))
+    return await future
+
+  def _enqueue(self, inputs: Mapping[str, np.ndarray],
+               future: Optional['asyncio.Future[Arrays]']) -> Optional[_Task]:
+    """The request's task, queued; None if it must run alone (no common batch dimension:
+    the model will say why; or the version is being unloaded)."""
+    rows = {v.shape[0] if v.ndim else -1 for v in inputs.values()}
+    if len(rows) != 1 or -1 in rows:
+      return None
+    task = _Task(inputs, rows.pop(), future)
+    if task.rows > self._params.max_batch_size:
+      raise invalid(f'Task size {task.rows} is larger than maximum input batch size '
+                    f'{self._params.max_batch_size}')
+    with self._cond:
+      if self._closed:
+        return None
+      if not self._batches or self._batches[-1].rows + task.rows > self._params.max_batch_size:
+        if len(self._batches) >= self._params.max_enqueued_batches:
+          raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                             'The batch scheduling queue to which this task was submitted is '
+                             'full')
+        self._batches.append(_Batch())
+      batch = self._batches[-1]
+      batch.tasks.append(task)
+      batch.rows += task.rows
+      # Wake a batch thread only when there is news for it, as TF's queue does: a new
+      # batch (its timeout starts now, or it closed the one before) or a full one.
+      # Other tasks just join: an idle thread's timed wait already ends at the timeout,
+      # and a busy one looks again when it is done.
+      if len(batch.tasks) == 1 or batch.rows >= self._params.max_batch_size:
+        self._cond.notify()
+    return task
 
   def close(self) -> None:
     """Queued batches still run; later requests run alone; the threads then exit."""
@@ -235,5 +270,14 @@ class Batcher:
       for task in tasks:
         task.error = e
     finally:
+      waiting: Dict[asyncio.AbstractEventLoop, List[_Task]] = {}
       for task in tasks:
-        task.ready.release()
+        if task.future is None:
+          task.ready.release()
+        else:
+          waiting.setdefault(task.future.get_loop(), []).append(task)
+      for loop, settled in waiting.items():
+        try:
+          loop.call_soon_threadsafe(_settle, settled)
+        except RuntimeError:   # that loop is closed: nobody waits any more
+          pass

@@ -3,15 +3,24 @@
 The servicers subclass the generated bases of `tensorflow-serving-api`, so the official
 stubs (`prediction_service_pb2_grpc.PredictionServiceStub`, ...) work unchanged.
 Errors abort with the same canonical codes TF Serving uses.
+
+Two servers, one set of handlers. Without batching, gRPC's threaded server: a request
+holds one thread from decode to answer, the cheapest path when every request runs its own
+model call. With batching, gRPC's asyncio server on its own thread and event loop: a small
+Predict is decoded on the loop and waits for its batch as a future, so no thread is parked
+per waiting request and one wake-up of the loop answers a whole batch; everything else
+runs in a thread pool. docs/benchmarks.md has the measurements behind the split.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import threading
 import time
 from concurrent import futures
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Awaitable, Callable, Coroutine, Dict, Optional, Tuple, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -29,6 +38,10 @@ log = logging.getLogger(__name__)
 
 SIGNATURE_DEF_FIELD = 'signature_def'
 RECORDED_APIS = ('Predict', 'Classify', 'Regress')
+# A batched Predict up to this size is decoded and encoded on the event loop (a batch-1
+# image is ~3 KB); bigger ones go whole to a worker thread, so the loop never stalls.
+INLINE_MAX_BYTES = 64 * 1024
+T = TypeVar('T')
 
 
 def _spec(spec: model_pb2.ModelSpec) -> Tuple[str, Optional[int], Optional[str]]:
@@ -42,31 +55,66 @@ def _response_spec(servable: Servable, signature_name: str) -> model_pb2.ModelSp
   return spec
 
 
-def _aborts_on_error(method: Callable[..., Any]) -> Callable[..., Any]:
-  """Maps errors to their status; Predict, Classify and Regress are counted and timed in
-  the metrics, as TF Serving does (API label = the method name, entrypoint GRPC)."""
-  recorded = method.__name__ in RECORDED_APIS
+def _status(error: Exception, method: str) -> Tuple[grpc.StatusCode, str]:
+  """The status a failed call answers with (called inside its `except`)."""
+  if isinstance(error, ServingError):
+    return error.code, error.message
+  log.exception('Internal error in %s', method)
+  return grpc.StatusCode.INTERNAL, f'{type(error).__name__}: {error}'
 
+
+def _record(method: str, request: Any, code: grpc.StatusCode, start: float) -> None:
+  """Predict, Classify and Regress are counted and timed in the metrics, as TF Serving
+  does (API label = the method name, entrypoint GRPC)."""
+  if method in RECORDED_APIS:
+    metrics.record_request(request.model_spec.name, method, 'GRPC', code.name,
+                           time.perf_counter() - start)
+
+
+def _aborts_on_error(method: Callable[..., Any]) -> Callable[..., Any]:
+  """Maps errors to their status and records the call (threaded server)."""
   @functools.wraps(method)
   def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-    start = time.perf_counter()
-    code, message = grpc.StatusCode.OK, ''
+    start, code, message = time.perf_counter(), grpc.StatusCode.OK, ''
     try:
       return method(self, request, context)
-    except ServingError as e:
-      code, message = e.code, e.message
     except Exception as e:  # pylint: disable=broad-except
-      log.exception('Internal error in %s', method.__name__)
-      code, message = grpc.StatusCode.INTERNAL, f'{type(e).__name__}: {e}'
+      code, message = _status(e, method.__name__)
     finally:
-      if recorded:
-        metrics.record_request(request.model_spec.name, method.__name__, 'GRPC', code.name,
-                               time.perf_counter() - start)
+      _record(method.__name__, request, code, start)
     context.abort(code, message)
   return wrapper
 
 
+def _aborts_on_error_async(method: Callable[..., Awaitable[Any]]
+                           ) -> Callable[..., Awaitable[Any]]:
+  """`_aborts_on_error` for the asyncio server's coroutines."""
+  @functools.wraps(method)
+  async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    start, code, message = time.perf_counter(), grpc.StatusCode.OK, ''
+    try:
+      return await method(self, request, context)
+    except asyncio.CancelledError:   # the client went away
+      code = grpc.StatusCode.CANCELLED
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      code, message = _status(e, method.__name__)
+    finally:
+      _record(method.__name__, request, code, start)
+    await context.abort(code, message)
+  return wrapper
+
+
+def _predict_response(spec: model_pb2.ModelSpec, outputs: Dict[str, Any]
+                      ) -> predict_pb2.PredictResponse:
+  response = predict_pb2.PredictResponse(model_spec=spec)
+  for key, value in outputs.items():
+    response.outputs[key].CopyFrom(to_tensor_proto(value))
+  return response
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+  """The handlers of the threaded server; their bodies serve the asyncio one too."""
 
   def __init__(self, manager: ModelManager):
     self.manager = manager
@@ -81,20 +129,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     signature = servable.signature(spec.signature_name)  # raises if there is none
     return servable, spec.signature_name, _response_spec(servable, signature.name)
 
-  @_aborts_on_error
-  def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
-              ) -> predict_pb2.PredictResponse:
+  def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
     servable, signature_name, spec = self._resolve_signature(request.model_spec)
     inputs = predict_inputs(servable.signature(signature_name), request.inputs, servable.limits)
-    outputs = servable.predict(signature_name, inputs, request.output_filter)
-    response = predict_pb2.PredictResponse(model_spec=spec)
-    for key, value in outputs.items():
-      response.outputs[key].CopyFrom(to_tensor_proto(value))
-    return response
+    return _predict_response(spec, servable.predict(signature_name, inputs,
+                                                    request.output_filter))
 
-  @_aborts_on_error
-  def Classify(self, request: classification_pb2.ClassificationRequest,
-               context: grpc.ServicerContext) -> classification_pb2.ClassificationResponse:
+  def _classify(self, request: classification_pb2.ClassificationRequest
+                ) -> classification_pb2.ClassificationResponse:
     servable, signature_name, spec = self._resolve_signature(request.model_spec)
     classes, scores = servable.classify(signature_name, examples(request.input, servable.limits))
     response = classification_pb2.ClassificationResponse(model_spec=spec)
@@ -106,9 +148,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                            score=float(scores[i, j]) if scores is not None else 0.0)
     return response
 
-  @_aborts_on_error
-  def Regress(self, request: regression_pb2.RegressionRequest,
-              context: grpc.ServicerContext) -> regression_pb2.RegressionResponse:
+  def _regress(self, request: regression_pb2.RegressionRequest
+               ) -> regression_pb2.RegressionResponse:
     servable, signature_name, spec = self._resolve_signature(request.model_spec)
     values = servable.regress(signature_name, examples(request.input, servable.limits))
     response = regression_pb2.RegressionResponse(model_spec=spec)
@@ -116,10 +157,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
       response.result.regressions.add(value=value)
     return response
 
-  @_aborts_on_error
-  def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
-                       context: grpc.ServicerContext
-                       ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+  def _metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
+                ) -> get_model_metadata_pb2.GetModelMetadataResponse:
     if not request.metadata_field:
       raise invalid('GetModelMetadataRequest must specify at least one metadata_field')
     for field in request.metadata_field:
@@ -133,16 +172,75 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     response.metadata[SIGNATURE_DEF_FIELD].CopyFrom(packed)
     return response
 
+  @_aborts_on_error
+  def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+              ) -> predict_pb2.PredictResponse:
+    return self._predict(request)
+
+  @_aborts_on_error
+  def Classify(self, request: classification_pb2.ClassificationRequest,
+               context: grpc.ServicerContext) -> classification_pb2.ClassificationResponse:
+    return self._classify(request)
+
+  @_aborts_on_error
+  def Regress(self, request: regression_pb2.RegressionRequest,
+              context: grpc.ServicerContext) -> regression_pb2.RegressionResponse:
+    return self._regress(request)
+
+  @_aborts_on_error
+  def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
+                       context: grpc.ServicerContext
+                       ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    return self._metadata(request)
+
+
+class BatchingPredictionService(PredictionService):
+  """The asyncio server's handlers: a small Predict to a batching signature awaits its
+  batch on the loop; the rest runs in `pool`, so the loop never waits for a model."""
+
+  def __init__(self, manager: ModelManager, pool: futures.Executor):
+    super().__init__(manager)
+    self.pool = pool
+
+  def _in_pool(self, call: Callable[[], T]) -> Awaitable[T]:
+    return asyncio.get_running_loop().run_in_executor(self.pool, call)
+
+  @_aborts_on_error_async
+  async def Predict(self, request: predict_pb2.PredictRequest,
+                    context: grpc.aio.ServicerContext) -> predict_pb2.PredictResponse:
+    servable, signature_name, spec = self._resolve_signature(request.model_spec)
+    if not servable.batches(signature_name) or request.ByteSize() > INLINE_MAX_BYTES:
+      return await self._in_pool(functools.partial(self._predict, request))
+    inputs = predict_inputs(servable.signature(signature_name), request.inputs, servable.limits)
+    outputs = await servable.predict_batched(signature_name, inputs, request.output_filter,
+                                             self._in_pool)
+    return _predict_response(spec, outputs)
+
+  @_aborts_on_error_async
+  async def Classify(self, request: classification_pb2.ClassificationRequest,
+                     context: grpc.aio.ServicerContext
+                     ) -> classification_pb2.ClassificationResponse:
+    return await self._in_pool(functools.partial(self._classify, request))
+
+  @_aborts_on_error_async
+  async def Regress(self, request: regression_pb2.RegressionRequest,
+                    context: grpc.aio.ServicerContext) -> regression_pb2.RegressionResponse:
+    return await self._in_pool(functools.partial(self._regress, request))
+
+  @_aborts_on_error_async
+  async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
+                             context: grpc.aio.ServicerContext
+                             ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    return self._metadata(request)
+
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
   def __init__(self, manager: ModelManager):
     self.manager = manager
 
-  @_aborts_on_error
-  def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
-                     context: grpc.ServicerContext
-                     ) -> get_model_status_pb2.GetModelStatusResponse:
+  def _status(self, request: get_model_status_pb2.GetModelStatusRequest
+              ) -> get_model_status_pb2.GetModelStatusResponse:
     response = get_model_status_pb2.GetModelStatusResponse()
     for status in self.manager.status(*_spec(request.model_spec)):
       entry = response.model_version_status.add(
@@ -152,21 +250,89 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
       entry.status.error_message = status.error_message
     return response
 
+  @_aborts_on_error
+  def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
+                     context: grpc.ServicerContext
+                     ) -> get_model_status_pb2.GetModelStatusResponse:
+    return self._status(request)
 
-def start_server(manager: ModelManager, host: str, port: int, max_message_bytes: int,
-                 threads: int = 8) -> Tuple[grpc.Server, int]:
-  """Starts both services; returns the server and the port actually bound."""
-  server = grpc.server(
-      futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix='grpc'),
-      options=[('grpc.max_receive_message_length', max_message_bytes),
-               ('grpc.max_send_message_length', -1),
-               ('grpc.so_reuseport', 0)])
-  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-      PredictionService(manager), server)
-  model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
+
+class AsyncModelService(ModelService):
+
+  @_aborts_on_error_async
+  async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
+                           context: grpc.aio.ServicerContext
+                           ) -> get_model_status_pb2.GetModelStatusResponse:
+    return self._status(request)
+
+
+def _options(max_message_bytes: int) -> list:
+  return [('grpc.max_receive_message_length', max_message_bytes),
+          ('grpc.max_send_message_length', -1), ('grpc.so_reuseport', 0)]
+
+
+def _bind(server: Any, host: str, port: int) -> int:
   address = f'[{host}]:{port}' if ':' in host else f'{host}:{port}'
   bound = server.add_insecure_port(address)
   if not bound:
     raise OSError(f'gRPC could not bind {address}')
-  server.start()
-  return server, bound
+  return bound
+
+
+class GrpcServer:
+  """Both services: the threaded server, or with `batching` the asyncio one on its own
+  thread and event loop."""
+
+  def __init__(self, manager: ModelManager, host: str, port: int, max_message_bytes: int,
+               threads: int = 8, batching: bool = False):
+    self.pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix='grpc')
+    self._loop: Optional[asyncio.AbstractEventLoop] = None
+    if not batching:
+      self._server: Any = grpc.server(self.pool, options=_options(max_message_bytes))
+      prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+          PredictionService(manager), self._server)
+      model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager),
+                                                                self._server)
+      self.port = _bind(self._server, host, port)
+      self._server.start()
+      return
+    self._loop = asyncio.new_event_loop()
+    self._thread = threading.Thread(target=self._loop.run_forever, name='grpc-loop',
+                                    daemon=True)
+    self._thread.start()
+    self._server = None
+    try:
+      self.port = self._on_loop(self._start_async(manager, host, port, max_message_bytes))
+    except BaseException:
+      self._close_loop()
+      raise
+
+  def _on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+  async def _start_async(self, manager: ModelManager, host: str, port: int,
+                         max_message_bytes: int) -> int:
+    server = grpc.aio.server(options=_options(max_message_bytes))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        BatchingPredictionService(manager, self.pool), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(AsyncModelService(manager),
+                                                              server)
+    bound = _bind(server, host, port)
+    await server.start()
+    self._server = server
+    return bound
+
+  def stop(self, grace: float) -> None:
+    """Blocks until in-flight calls finished (or `grace` seconds passed)."""
+    if self._loop is None:
+      self._server.stop(grace).wait()
+    else:
+      if self._server is not None:
+        self._on_loop(self._server.stop(grace))
+      self._close_loop()
+    self.pool.shutdown(wait=True)
+
+  def _close_loop(self) -> None:
+    self._loop.call_soon_threadsafe(self._loop.stop)
+    self._thread.join()
+    self._loop.close()

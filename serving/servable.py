@@ -12,7 +12,7 @@ import functools
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Awaitable, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
@@ -240,9 +240,9 @@ class Servable:
   def _record(self, outputs: Mapping[str, np.ndarray], rows: int) -> None:
     metrics.record_predictions(self.name, self.version, rows, predicted_classes(outputs))
 
-  def predict(self, signature_name: str, inputs: Mapping[str, np.ndarray],
-              output_filter: Iterable[str] = (), record: bool = True) -> Dict[str, np.ndarray]:
-    """`record=False` (warm-up replays) leaves the prediction metrics alone."""
+  def _checked(self, signature_name: str, inputs: Mapping[str, np.ndarray],
+               output_filter: Iterable[str]) -> Tuple[Signature, List[str]]:
+    """The signature and the outputs wanted, once the inputs fit the signature."""
     sig = self.signature(signature_name)
     check_input_names(sig, inputs)
     for key, value in inputs.items():
@@ -252,11 +252,35 @@ class Servable:
     if unknown:
       raise invalid(f'output tensor alias not found in signature: {unknown[0]} Outputs '
                     f'expected to be in the set {{{",".join(sorted(sig.outputs))}}}.')
-    outputs = self._run(sig, inputs)
+    return sig, wanted
+
+  def _predicted(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+                 wanted: List[str], record: bool) -> Dict[str, np.ndarray]:
     if record:
       first = next(iter(inputs.values()))
       self._record(outputs, first.shape[0] if first.ndim else 1)
     return {k: outputs[k] for k in wanted}
+
+  def predict(self, signature_name: str, inputs: Mapping[str, np.ndarray],
+              output_filter: Iterable[str] = (), record: bool = True) -> Dict[str, np.ndarray]:
+    """`record=False` (warm-up replays) leaves the prediction metrics alone."""
+    sig, wanted = self._checked(signature_name, inputs, output_filter)
+    return self._predicted(inputs, self._run(sig, inputs), wanted, record)
+
+  def batches(self, signature_name: str) -> bool:
+    """Whether requests to this signature go through a batch queue."""
+    return (signature_name or DEFAULT_SIGNATURE) in self._batchers
+
+  async def predict_batched(self, signature_name: str, inputs: Mapping[str, np.ndarray],
+                            output_filter: Iterable[str],
+                            alone: Callable[[Callable[[], Dict[str, np.ndarray]]],
+                                            Awaitable[Dict[str, np.ndarray]]]
+                            ) -> Dict[str, np.ndarray]:
+    """`predict` for an event loop, on a batching signature: the request waits for its
+    batch without holding a thread; `alone` runs a call that cannot join one."""
+    sig, wanted = self._checked(signature_name, inputs, output_filter)
+    outputs = await self._batchers[sig.name].run_async(inputs, alone)
+    return self._predicted(inputs, outputs, wanted, True)
 
   def _run_examples(self, signature_name: str, method: str, kind: str,
                     serialized: List[bytes]) -> Tuple[Signature, Dict[str, np.ndarray]]:

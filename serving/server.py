@@ -81,8 +81,10 @@ async def serve(config: ServerConfig) -> None:
     log.warning('No loadable version of %s under %s yet; waiting for one', config.model_name,
                 config.base_path)
   threads = request_threads(config, batching)
-  grpc_server, grpc_port = grpc_service.start_server(
-      manager, config.host, config.grpc_port, config.max_body_bytes, threads)
+  grpc_server = grpc_service.GrpcServer(manager, config.host, config.grpc_port,
+                                        config.max_body_bytes, threads,
+                                        batching=batching is not None)
+  grpc_port = grpc_server.port
   api = rest.RestApi(manager, config.max_body_bytes,
                      threads if batching else config.inference_threads, inline=not batching)
   page = ui.Page(config.model_name, config.data_dir,
@@ -104,6 +106,6 @@ async def serve(config: ServerConfig) -> None:
   await stop.wait()
   log.info('Shutting down')
   manager.stop()
-  grpc_done = grpc_server.stop(grace=5)
+  grpc_done = loop.run_in_executor(None, grpc_server.stop, 5)
   await runner.cleanup()
-  await loop.run_in_executor(None, grpc_done.wait)
+  await grpc_done
