@@ -109,7 +109,7 @@ def _predict_response(spec: model_pb2.ModelSpec, outputs: Dict[str, Any]
                       ) -> predict_pb2.PredictResponse:
   response = predict_pb2.PredictResponse(model_spec=spec)
   for key, value in outputs.items():
-    response.outputs[key].CopyFrom(to_tensor_proto(value))
+    to_tensor_proto(value, response.outputs[key])
   return response
 
 
@@ -208,13 +208,14 @@ class BatchingPredictionService(PredictionService):
   @_aborts_on_error_async
   async def Predict(self, request: predict_pb2.PredictRequest,
                     context: grpc.aio.ServicerContext) -> predict_pb2.PredictResponse:
-    servable, signature_name, spec = self._resolve_signature(request.model_spec)
-    if not servable.batches(signature_name) or request.ByteSize() > INLINE_MAX_BYTES:
+    servable = self._resolve(request.model_spec)
+    if not servable.batches(request.model_spec.signature_name) or (
+        request.ByteSize() > INLINE_MAX_BYTES):
       return await self._in_pool(functools.partial(self._predict, request))
-    inputs = predict_inputs(servable.signature(signature_name), request.inputs, servable.limits)
-    outputs = await servable.predict_batched(signature_name, inputs, request.output_filter,
-                                             self._in_pool)
-    return _predict_response(spec, outputs)
+    sig = servable.signature(request.model_spec.signature_name)
+    inputs = predict_inputs(sig, request.inputs, servable.limits)
+    outputs = await servable.predict_batched(sig, inputs, request.output_filter, self._in_pool)
+    return _predict_response(_response_spec(servable, sig.name), outputs)
 
   @_aborts_on_error_async
   async def Classify(self, request: classification_pb2.ClassificationRequest,

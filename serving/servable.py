@@ -105,6 +105,11 @@ def _check_input(name: str, value: np.ndarray, info: TensorInfo, limits: Limits)
     raise invalid(f'Input "{name}" expects {_dtype_name(info.numpy_dtype)} but '
                   f'{_dtype_name(value.dtype)} was provided')
   check_shape(name, value.shape, info.shape, limits)
+  _check_values(name, value)
+
+
+def _check_values(name: str, value: np.ndarray) -> None:
+  """Floats must be finite; pixels must be 0-255."""
   if not value.size or (value.dtype.kind != 'f' and name != features.PIXELS_INPUT):
     return
   low, high = value.min(), value.max()   # NaN propagates: the two also tell finiteness
@@ -115,6 +120,15 @@ def _check_input(name: str, value: np.ndarray, info: TensorInfo, limits: Limits)
     # bug (wrong scaling, say) that the model's clipping would otherwise hide.
     raise invalid(f'Input "{name}" expects pixel values 0-{features.PIXEL_MAX}, found '
                   f'{low:g} to {high:g}')
+
+
+def _wanted_outputs(sig: Signature, output_filter: Iterable[str]) -> List[str]:
+  wanted = list(output_filter) or list(sig.outputs)
+  unknown = [k for k in wanted if k not in sig.outputs]
+  if unknown:
+    raise invalid(f'output tensor alias not found in signature: {unknown[0]} Outputs '
+                  f'expected to be in the set {{{",".join(sorted(sig.outputs))}}}.')
+  return wanted
 
 
 def _op_error_text(message: str) -> str:
@@ -247,12 +261,7 @@ class Servable:
     check_input_names(sig, inputs)
     for key, value in inputs.items():
       _check_input(key, value, sig.inputs[key], self.limits)
-    wanted = list(output_filter) or list(sig.outputs)
-    unknown = [k for k in wanted if k not in sig.outputs]
-    if unknown:
-      raise invalid(f'output tensor alias not found in signature: {unknown[0]} Outputs '
-                    f'expected to be in the set {{{",".join(sorted(sig.outputs))}}}.')
-    return sig, wanted
+    return sig, _wanted_outputs(sig, output_filter)
 
   def _predicted(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
                  wanted: List[str], record: bool) -> Dict[str, np.ndarray]:
@@ -271,14 +280,17 @@ class Servable:
     """Whether requests to this signature go through a batch queue."""
     return (signature_name or DEFAULT_SIGNATURE) in self._batchers
 
-  async def predict_batched(self, signature_name: str, inputs: Mapping[str, np.ndarray],
+  async def predict_batched(self, sig: Signature, inputs: Mapping[str, np.ndarray],
                             output_filter: Iterable[str],
                             alone: Callable[[Callable[[], Dict[str, np.ndarray]]],
                                             Awaitable[Dict[str, np.ndarray]]]
                             ) -> Dict[str, np.ndarray]:
-    """`predict` for an event loop, on a batching signature: the request waits for its
-    batch without holding a thread; `alone` runs a call that cannot join one."""
-    sig, wanted = self._checked(signature_name, inputs, output_filter)
+    """`predict` for an event loop, on a batching signature, for inputs decoded from
+    TensorProtos whose names, dtypes and shapes were checked against `sig`: the request
+    waits for its batch without holding a thread; `alone` runs a call that cannot join one."""
+    for key, value in inputs.items():
+      _check_values(key, value)
+    wanted = _wanted_outputs(sig, output_filter)
     outputs = await self._batchers[sig.name].run_async(inputs, alone)
     return self._predicted(inputs, outputs, wanted, True)
 

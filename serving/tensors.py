@@ -6,11 +6,11 @@ ClassificationRequest and RegressionRequest messages.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from serving.errors import invalid
 from serving.limits import Limits, check_bytes, check_examples, check_tensor_proto
@@ -34,15 +34,20 @@ def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
     raise invalid(f'Cannot parse input tensor: {e}') from None
 
 
-def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
-  """Numeric arrays as raw tensor_content (fast); strings through TensorFlow's helper."""
+def to_tensor_proto(array: np.ndarray, out: Optional[tensor_pb2.TensorProto] = None
+                    ) -> tensor_pb2.TensorProto:
+  """Numeric arrays as raw tensor_content (fast); strings through TensorFlow's helper.
+  Written into `out` (e.g. a response's map entry, saving a copy) when given."""
+  out = tensor_pb2.TensorProto() if out is None else out
   dtype = _FAST_DTYPES.get(array.dtype)
   if dtype is None:
-    return tf.make_tensor_proto(array)
-  shape = tensor_shape_pb2.TensorShapeProto(
-      dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape])
-  return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape,
-                                tensor_content=np.ascontiguousarray(array).tobytes())
+    out.CopyFrom(tf.make_tensor_proto(array))
+    return out
+  out.dtype = dtype
+  for size in array.shape:
+    out.tensor_shape.dim.add(size=size)
+  out.tensor_content = np.ascontiguousarray(array).tobytes()
+  return out
 
 
 def predict_inputs(sig: Signature, protos: Mapping[str, tensor_pb2.TensorProto],

@@ -3,6 +3,7 @@ fewer model calls with the same answers."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Dict, List
@@ -11,7 +12,9 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                     model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
 
 from serving import batching, process
 from serving.errors import ServingError
@@ -161,6 +164,96 @@ def test_closed_batcher_runs_requests_alone_and_its_threads_exit():
                    timeout=10, what='the batch threads to exit')
 
 
+async def _in_thread(call):
+  """What the gRPC front end passes as `alone`: the call in a worker thread."""
+  return await asyncio.get_running_loop().run_in_executor(None, call)
+
+
+def test_coroutines_share_a_batch_and_one_loop_wake_up_answers_it():
+  """The gRPC front end's path: requests wait for their batch as futures on the event loop
+  (no thread each), and the batch thread settles all of a batch's futures with one call."""
+  calls: List[int] = []
+  def run(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    calls.append(len(inputs['x']))
+    return {'y': inputs['x'] * 10}
+  batcher = batching.Batcher('async', run, batching.BatchingParameters(
+      max_batch_size=4, batch_timeout_micros=60_000_000, num_batch_threads=1))
+
+  async def main() -> tuple:
+    loop = asyncio.get_running_loop()
+    wake_ups = []
+    schedule = loop.call_soon_threadsafe
+    def counting(*args):
+      wake_ups.append(args[0])
+      return schedule(*args)
+    loop.call_soon_threadsafe = counting
+    threads_before = threading.active_count()
+    results = await asyncio.gather(*(batcher.run_async({'x': np.full((1, 2), i)}, _in_thread)
+                                     for i in range(8)))
+    return results, wake_ups, threading.active_count() - threads_before
+
+  results, wake_ups, new_threads = asyncio.run(main())
+  batcher.close()
+  assert calls == [4, 4]                             # full batches, not the 60 s timeout
+  assert len(wake_ups) == 2 and new_threads == 0     # one wake-up per batch, no thread each
+  for i, out in enumerate(results):
+    np.testing.assert_array_equal(out['y'], np.full((1, 2), 10 * i))
+
+
+def test_coroutine_batch_errors_reach_every_waiter_and_a_cancelled_one_is_skipped():
+  release = threading.Event()
+  def run(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    release.wait(timeout=60)
+    if (inputs['x'] < 0).any():
+      raise ValueError('negative input')
+    return {'y': inputs['x']}
+  batcher = batching.Batcher('async-errors', run, batching.BatchingParameters(
+      max_batch_size=2, batch_timeout_micros=60_000_000, num_batch_threads=1))
+
+  async def main() -> tuple:
+    # A waiter that gives up (a cancelled RPC) while its batch runs: the other one in the
+    # same batch still gets its answer, and settling skips the cancelled future.
+    gone = asyncio.ensure_future(batcher.run_async({'x': np.zeros((1, 1))}, _in_thread))
+    kept = asyncio.ensure_future(batcher.run_async({'x': np.ones((1, 1))}, _in_thread))
+    await asyncio.sleep(0.2)
+    gone.cancel()
+    release.set()
+    answered = await kept
+    failing = await asyncio.gather(
+        *(batcher.run_async({'x': np.full((1, 1), -1)}, _in_thread) for _ in range(2)),
+        return_exceptions=True)
+    return gone.cancelled(), answered, failing
+
+  handler_errors = []
+  def main_with_handler() -> tuple:
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda _, context: handler_errors.append(context))
+    try:
+      return loop.run_until_complete(main())
+    finally:
+      loop.close()
+
+  cancelled, answered, failing = main_with_handler()
+  batcher.close()
+  assert cancelled and not handler_errors
+  np.testing.assert_array_equal(answered['y'], np.ones((1, 1)))
+  assert [type(e) for e in failing] == [ValueError, ValueError]
+
+
+def test_closed_batcher_runs_a_coroutine_request_alone_in_a_thread():
+  def run(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    return {'y': inputs['x'] + 1, 'thread': np.array(threading.get_ident())}
+  batcher = batching.Batcher('async-closed', run, batching.BatchingParameters(
+      num_batch_threads=1))
+  batcher.close()
+
+  async def main() -> Dict[str, np.ndarray]:
+    return await batcher.run_async({'x': np.arange(2)}, _in_thread)
+  out = asyncio.run(main())
+  np.testing.assert_array_equal(out['y'], [1, 2])
+  assert int(out['thread']) != threading.get_ident()    # not on the event loop's thread
+
+
 @pytest.fixture(scope='module')
 def batching_server(serving_dir, tmp_path_factory):
   params = tmp_path_factory.mktemp('batching') / 'batching.config'
@@ -242,3 +335,57 @@ def test_request_over_max_batch_size_is_refused_like_tf_serving(batching_server,
   assert status == 400
   assert body['error'] == (f'Task size {MAX_BATCH + 1} is larger than maximum input batch '
                            f'size {MAX_BATCH}')
+
+
+def _grpc_predict(target: str, images: np.ndarray, timeout: float = 60
+                  ) -> predict_pb2.PredictResponse:
+  with grpc.insecure_channel(target) as channel:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = 'mnist'
+    request.inputs[features.PIXELS_INPUT].CopyFrom(tf.make_tensor_proto(
+        images.astype(np.float32)))
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+        request, timeout=timeout)
+
+
+def test_grpc_front_end_with_batching_answers_every_method_and_error(batching_server, reference,
+                                                                    mnist_test):
+  """With batching, gRPC runs on the asyncio server: small Predicts wait on the event loop,
+  big ones and the other methods go to threads; answers and errors are TF Serving's."""
+  big = mnist_test.images[:MAX_BATCH]     # 32 float images: ~100 KB, over the inline size
+  response = _grpc_predict(batching_server.grpc_target, big)
+  expected = reference_predict(reference, 2, big)[features.PROBABILITIES_OUTPUT]
+  np.testing.assert_allclose(tf.make_ndarray(
+      response.outputs[features.PROBABILITIES_OUTPUT]), expected, rtol=0, atol=1e-6)
+  assert response.model_spec.version.value == 2
+
+  with pytest.raises(grpc.RpcError) as too_many:
+    _grpc_predict(batching_server.grpc_target, mnist_test.images[:MAX_BATCH + 1])
+  assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+  assert too_many.value.details() == (f'Task size {MAX_BATCH + 1} is larger than maximum '
+                                      f'input batch size {MAX_BATCH}')
+  broken = mnist_test.images[:1].astype(np.float32)
+  broken[0, 0, 0] = np.nan
+  with pytest.raises(grpc.RpcError) as nan:
+    _grpc_predict(batching_server.grpc_target, broken)
+  assert nan.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+  assert 'NaN or infinite' in nan.value.details()
+
+  with grpc.insecure_channel(batching_server.grpc_target) as channel:
+    status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+        get_model_status_pb2.GetModelStatusRequest(model_spec={'name': 'mnist'}), timeout=30)
+    metadata = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(
+        get_model_metadata_pb2.GetModelMetadataRequest(model_spec={'name': 'mnist'},
+                                                       metadata_field=['signature_def']),
+        timeout=30)
+  assert [(s.version, s.state) for s in status.model_version_status if s.version == 2] == [
+      (2, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+  assert metadata.model_spec.version.value == 2 and 'signature_def' in metadata.metadata
+
+  # A client that gives up while its request waits changes nothing for the next one.
+  with pytest.raises(grpc.RpcError) as gave_up:
+    _grpc_predict(batching_server.grpc_target, mnist_test.images[:1], timeout=0.0005)
+  assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+  response = _grpc_predict(batching_server.grpc_target, mnist_test.images[:1])
+  np.testing.assert_allclose(tf.make_ndarray(response.outputs[features.PROBABILITIES_OUTPUT]),
+                             expected[:1], rtol=0, atol=1e-6)
