@@ -75,19 +75,21 @@ class ServerProcess:
 
 def start_server(model_dir: Path, model_name: str = 'mnist', *, args: Sequence[str] = (),
                  host: str = '127.0.0.1', timeout: float = 120,
-                 log_path: Optional[Path] = None) -> ServerProcess:
-  """Launches the server and waits until it listens (initial versions already loaded)."""
+                 log_path: Optional[Path] = None,
+                 project_root: Path = PROJECT_ROOT) -> ServerProcess:
+  """Launches the server and waits until it listens (initial versions already loaded).
+  `project_root`: the checkout whose `serving` runs (benchmarks compare two)."""
   work = Path(tempfile.mkdtemp(prefix='serving-'))
   ready = work / 'ready.json'
   log_path = log_path or work / 'server.log'
   env = dict(os.environ)
-  env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get('PYTHONPATH')]))
+  env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(project_root), env.get('PYTHONPATH')]))
   command = [sys.executable, '-m', 'serving', '--model-dir', str(model_dir),
              '--model-name', model_name, '--host', host, '--rest-port', '0',
              '--grpc-port', '0', '--ready-file', str(ready), *args]
   with open(log_path, 'wb') as log:
     process = subprocess.Popen(
-        command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        command, cwd=project_root, env=env, stdout=log, stderr=subprocess.STDOUT,
         preexec_fn=_die_with_parent if sys.platform.startswith('linux') else None)
   deadline = time.monotonic() + timeout
   while not ready.exists():
