@@ -83,9 +83,10 @@ def report(results: Dict[Tuple[str, str], Dict[str, float]], args: argparse.Name
   lines.append('')
   for mode in ('off', 'on'):
     before, after = results[('before', mode)], results[('after', mode)]
-    lines.append(f'- batching {mode}: after/before throughput '
-                 f'x{after["requests_per_s"] / before["requests_per_s"]:.2f}, server CPU per '
-                 f'request x{after["server_cpu_us_per_request"] / before["server_cpu_us_per_request"]:.2f}')
+    throughput = after['requests_per_s'] / before['requests_per_s']
+    cpu = after['server_cpu_us_per_request'] / before['server_cpu_us_per_request']
+    lines.append(f'- batching {mode}: after/before throughput x{throughput:.2f}, server CPU '
+                 f'per request x{cpu:.2f}')
   for code in ('before', 'after'):
     ratio = results[(code, 'on')]['requests_per_s'] / results[(code, 'off')]['requests_per_s']
     lines.append(f'- {code}: batching on/off throughput x{ratio:.2f}')

@@ -34,11 +34,18 @@ TRAINING_PROPERTY = 'training'
 RUNTIME_FIELDS = {EPOCHS_KEY: int, LEARNING_RATE_KEY: float}  # TrainingConfig field: type
 
 
-def effective_training(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
-  """custom_config['training'] with the set runtime fields written in, checked by
-  TrainingConfig (KFP sends numbers as doubles: an integral 5.0 is 5 epochs)."""
-  custom_config = json_utils.loads(
+def _custom_config(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
+  return json_utils.loads(
       exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or 'null') or {}
+
+
+def effective_training(exec_properties: Dict[str, Any],
+                       custom_config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+  """custom_config['training'] with the set runtime fields written in, checked by
+  TrainingConfig (KFP sends numbers as doubles: an integral 5.0 is 5 epochs).
+  `custom_config`: the parsed exec property, if the caller has it already."""
+  if custom_config is None:
+    custom_config = _custom_config(exec_properties)
   training = dict(custom_config.get(TRAINING_KEY) or {})
   for name, kind in RUNTIME_FIELDS.items():
     value = exec_properties.get(name)
@@ -56,10 +63,9 @@ class Executor(trainer_executor.GenericExecutor):
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]],
          exec_properties: Dict[str, Any]) -> None:
-    training = effective_training(exec_properties)
+    custom_config = _custom_config(exec_properties)
+    training = effective_training(exec_properties, custom_config)
     if any(exec_properties.get(name) is not None for name in RUNTIME_FIELDS):
-      custom_config = json_utils.loads(
-          exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or 'null') or {}
       exec_properties = {**exec_properties, standard_component_specs.CUSTOM_CONFIG_KEY:
                          json_utils.dumps({**custom_config, TRAINING_KEY: training})}
     super().Do(input_dict, output_dict, exec_properties)

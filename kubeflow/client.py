@@ -4,10 +4,11 @@ The compiled spec registered as a pipeline version (`upload`), one run now (`sub
 recurring run (`schedule`), both of a pipeline version, and listing and removing recurring
 runs. Every run and recurring run carries the pipeline root in its runtime config: no
 backend reads the spec's `defaultPipelineRoot`; without it the driver would fall back to
-the namespace's `kfp-launcher` ConfigMap, then to KFP's MinIO bucket. The requests are the KFP v2beta1 REST API calls that the installed kfp client
-makes; this module adds what a command line needs around them: errors that say what
-went wrong and where (unreachable host, missing spec, the server's own message), a
-timeout on every request, and standard 5-field cron expressions.
+the namespace's `kfp-launcher` ConfigMap, then to KFP's MinIO bucket. The requests are
+the KFP v2beta1 REST API calls that the installed kfp client makes; this module adds
+what a command line needs around them: errors that say what went wrong and where
+(unreachable host, missing spec, the server's own message), a timeout on every request,
+and standard 5-field cron expressions.
 """
 
 from __future__ import annotations

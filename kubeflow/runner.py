@@ -40,8 +40,6 @@ from pipeline.configs import CURATED_SCHEMA, NO_EXTRA_PACKAGES, Locations, Pipel
 
 ENTRYPOINT_COMMAND = ('python', '-m', 'kubeflow.entrypoint')
 NEVER_CACHED = (ids.EXAMPLE_GEN, ids.EVALUATOR)
-# Beam options through which a user ships dependencies to remote workers.
-BEAM_DEPENDENCY_OPTIONS = beam_deps.DEPENDENCY_OPTIONS
 
 
 class CompileError(ValueError):
@@ -71,9 +69,9 @@ def beam_args(params: PipelineParams, kfp: KubeflowConfig) -> List[str]:
   (PipelineParams.beam_pipeline_args would count the compiling machine's). One worker runs
   in-process, more in worker processes, unless the flags set the mode. Other runners
   (Dataflow; Flink or Spark through the PortableRunner) get the flags as given, plus,
-  unless one of BEAM_DEPENDENCY_OPTIONS is set, the pipeline image as their workers'
-  container (beam_deps.worker_image_flags): it has the project, TFX and Beam's worker
-  boot (kubeflow/Dockerfile), where TFX alone would ship only itself."""
+  unless a dependency flag is set (beam_deps.DEPENDENCY_OPTIONS), the pipeline image as
+  their workers' container (beam_deps.worker_image_flags): it has the project, TFX and
+  Beam's worker boot (kubeflow/Dockerfile), where TFX alone would ship only itself."""
   from apache_beam.options import pipeline_options  # pylint: disable=import-outside-toplevel
   args = shlex.split(kfp.beam_args)
   options = pipeline_options.PipelineOptions(args).get_all_options()
@@ -85,7 +83,7 @@ def beam_args(params: PipelineParams, kfp: KubeflowConfig) -> List[str]:
     if not any(arg.startswith('--direct_running_mode') for arg in args):
       args.append('--direct_running_mode=' + ('in_memory' if workers == 1
                                               else 'multi_processing'))
-    if not any(options[flag] for flag in BEAM_DEPENDENCY_OPTIONS):
+    if not beam_deps.ships_dependencies(args):
       args.append(NO_EXTRA_PACKAGES)  # the task's image has everything installed
   elif beam_deps.is_remote(args) and not beam_deps.ships_dependencies(args):
     args.extend(beam_deps.worker_image_flags(args, kfp.image))

@@ -60,9 +60,9 @@ class MnistExampleGen(FileBasedExampleGen):
   SPEC_CLASS = MnistExampleGenSpec
   EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
-  def __init__(self, data_dir: Union[str, data_types.RuntimeParameter], eval_size: int = 5000, limit_train: int = 0,
-               limit_test: int = 0, split_seed: int = 0, span_window: int = 0,
-               holdout_fraction: float = 0.1, code_fingerprint: str = ''):
+  def __init__(self, data_dir: Union[str, data_types.RuntimeParameter], eval_size: int = 5000,
+               limit_train: int = 0, limit_test: int = 0, split_seed: int = 0,
+               span_window: int = 0, holdout_fraction: float = 0.1, code_fingerprint: str = ''):
     spec = MnistExampleGenSpec(
         input_base=data_dir,
         input_config=input_config(),
