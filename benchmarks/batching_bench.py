@@ -155,26 +155,32 @@ def python_phase(clients: List[Call]) -> Callable[[float], Dict[str, object]]:
   return lambda seconds: drive(clients, seconds)
 
 
-def checked_h2load(server: process.ServerProcess, url: str, body: bytes,
-                   headers: Sequence[str], clients: int, seconds: float, http1: bool = False
-                   ) -> Dict[str, object]:
-  """h2load against `server`, and every request it saw done answered OK by the server: a
-  failed gRPC call is HTTP 200 with the error in its trailers, which h2load does not read.
-  Requests still in flight when time is up are reset by h2load: CANCELLED at most."""
-  before = server_counters(server.rest_url)
-  result = h2load.run(url, body, headers, clients, seconds, http1)
-  after = server_counters(server.rest_url)
+def check_answered(url: str, result: Dict[str, object], before: Dict[str, float],
+                   after: Dict[str, float]) -> None:
+  """Every request h2load saw done was answered OK by the server (`server_counters` before
+  and after): a failed gRPC call is HTTP 200 with the error in its trailers, which h2load
+  does not read. Requests still in flight when time is up are reset: CANCELLED at most."""
   counts = {key: after[key] - before[key] for key in ('OK', 'CANCELLED', 'failed')}
   in_flight = result['started'] - result['done']
   if counts['failed'] or counts['CANCELLED'] > in_flight or counts['OK'] < result['done']:
     raise RuntimeError(f'{url}: h2load finished {result["done"]} requests (and reset '
                        f'{in_flight}), the server answered {counts}')
+
+
+def checked_h2load(server: process.ServerProcess, url: str, body: bytes,
+                   headers: Sequence[str], clients: int, seconds: float, http1: bool = False
+                   ) -> Dict[str, object]:
+  """h2load against `server`, its answers checked by `check_answered`."""
+  before = server_counters(server.rest_url)
+  result = h2load.run(url, body, headers, clients, seconds, http1)
+  check_answered(url, result, before, server_counters(server.rest_url))
   return result
 
 
 def h2load_phase(server: process.ServerProcess, protocol: str, image: np.ndarray,
                  clients: int) -> Callable[[float], Dict[str, object]]:
-  """One phase's load from h2load: every connection sends `image` (one row)."""
+  """One phase's load from h2load: every connection sends `image` (one row). `run` checks
+  the answers with the server counters it reads around each phase anyway."""
   if protocol == 'gRPC':
     url, headers = f'http://{server.grpc_target}{h2load.PREDICT_PATH}', h2load.GRPC_HEADERS
     body = h2load.grpc_body(predict_request(image))
@@ -183,8 +189,8 @@ def h2load_phase(server: process.ServerProcess, protocol: str, image: np.ndarray
     body = json.dumps({'instances': [image.tolist()]}).encode()
 
   def phase(seconds: float) -> Dict[str, object]:
-    result = checked_h2load(server, url, body, headers, clients, seconds, protocol == 'REST')
-    return {'seconds': seconds, 'latencies': result['latencies']}
+    result = h2load.run(url, body, headers, clients, seconds, http1=protocol == 'REST')
+    return {'seconds': seconds, 'url': url, **result}
   return phase
 
 
@@ -219,6 +225,8 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
         before, cpu_before = server_counters(url), cpu_seconds(pid)
         result = loads[phase](args.seconds / args.rounds)
         after, cpu_after = server_counters(url), cpu_seconds(pid)
+        if phase[0] == 'h2load':
+          check_answered(result['url'], result, before, after)
         counters[phase]['cpu'] += cpu_after - cpu_before
         raw[phase]['seconds'].append(result['seconds'])
         raw[phase]['latencies'].extend(result['latencies'])

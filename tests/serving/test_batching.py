@@ -21,6 +21,7 @@ from serving.errors import ServingError
 from tests.serving import metrics_helpers as m
 from tests.serving.conftest import MODEL_NAME, reference_predict
 from tests.serving.helpers import call
+from tests.serving.test_grpc import predict_request
 from trainer import features
 
 # TF Serving's documented example file (g3doc/serving_config.md), as its server reads it.
@@ -340,12 +341,8 @@ def test_request_over_max_batch_size_is_refused_like_tf_serving(batching_server,
 def _grpc_predict(target: str, images: np.ndarray, timeout: float = 60
                   ) -> predict_pb2.PredictResponse:
   with grpc.insecure_channel(target) as channel:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = 'mnist'
-    request.inputs[features.PIXELS_INPUT].CopyFrom(tf.make_tensor_proto(
-        images.astype(np.float32)))
     return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
-        request, timeout=timeout)
+        predict_request(images), timeout=timeout)
 
 
 def test_grpc_front_end_with_batching_answers_every_method_and_error(batching_server, reference,
