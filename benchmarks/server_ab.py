@@ -3,7 +3,9 @@
 For a change to the server itself: the same clients, model and batching file drive the
 servers of both checkouts (e.g. a `git worktree` of the commit before the change and this
 one), phases interleaved in rounds so that background load hits them alike. Prints
-throughput, p50/p99 and server CPU per request for each checkout and mode.
+throughput, p50/p99 and server CPU per request for each checkout and mode. The clients are
+h2load's when it is installed (every answer checked against the server's counters, as in
+batching_bench.py), else the Python ones; `--load` picks.
 
   git worktree add /tmp/before HEAD~1
   .venv/bin/python benchmarks/server_ab.py --before /tmp/before --seconds 36 --rounds 6
@@ -26,7 +28,9 @@ import shutil
 import tempfile
 from typing import Dict, List, Optional, Tuple
 
-from benchmarks.batching_bench import DEFAULT_PARAMETERS, cpu_seconds, drive, grpc_client
+from benchmarks import h2load
+from benchmarks.batching_bench import (DEFAULT_PARAMETERS, check_answered, cpu_seconds,
+                                       grpc_client, h2load_phase, python_phase, server_counters)
 from benchmarks.serving_bench import build_model, percentile
 from pipeline import configs
 from serving import process
@@ -49,16 +53,23 @@ def run(args: argparse.Namespace) -> Dict[Tuple[str, str], Dict[str, float]]:
         extra = ['--enable_batching', '--batching_parameters_file', str(params)]
         servers[(code, mode)] = process.start_server(
             serving_dir, 'mnist', args=extra if mode == 'on' else [], project_root=root)
-    clients = {key: [grpc_client(server.grpc_target, image) for image in images]
+    if args.load == 'h2load':
+      loads = {key: h2load_phase(server, 'gRPC', images[0], args.clients)
                for key, server in servers.items()}
-    for key in servers:
-      drive(clients[key], args.warmup)
+    else:
+      loads = {key: python_phase([grpc_client(server.grpc_target, image) for image in images])
+               for key, server in servers.items()}
+    for load in loads.values():
+      load(args.warmup)
     raw = {key: {'seconds': 0.0, 'latencies': [], 'cpu': 0.0} for key in servers}
     for _ in range(args.rounds):
       for key, server in servers.items():
-        cpu_before = cpu_seconds(server.process.pid)
-        result = drive(clients[key], args.seconds / args.rounds)
-        raw[key]['cpu'] += cpu_seconds(server.process.pid) - cpu_before
+        before, cpu_before = server_counters(server.rest_url), cpu_seconds(server.process.pid)
+        result = loads[key](args.seconds / args.rounds)
+        after, cpu_after = server_counters(server.rest_url), cpu_seconds(server.process.pid)
+        if args.load == 'h2load':
+          check_answered(result['url'], result, before, after)
+        raw[key]['cpu'] += cpu_after - cpu_before
         raw[key]['seconds'] += result['seconds']
         raw[key]['latencies'].extend(result['latencies'])
   finally:
@@ -73,8 +84,8 @@ def run(args: argparse.Namespace) -> Dict[Tuple[str, str], Dict[str, float]]:
 
 
 def report(results: Dict[Tuple[str, str], Dict[str, float]], args: argparse.Namespace) -> str:
-  lines = [f'gRPC, {args.clients} clients, batch 1, {args.seconds:g} s per phase in '
-           f'{args.rounds} rounds; before = {args.before}, after = {args.after}', '',
+  lines = [f'gRPC, {args.clients} {args.load} clients, batch 1, {args.seconds:g} s per phase '
+           f'in {args.rounds} rounds; before = {args.before}, after = {args.after}', '',
            '| code | batching | requests/s | p50 ms | p99 ms | server CPU per request |',
            '|---|---|---|---|---|---|']
   for (code, mode), r in results.items():
@@ -105,7 +116,13 @@ def main(argv: Optional[List[str]] = None) -> None:
   parser.add_argument('--seconds', type=float, default=24, help='measured time per phase')
   parser.add_argument('--rounds', type=int, default=4)
   parser.add_argument('--warmup', type=float, default=2, help='seconds per phase, unmeasured')
+  parser.add_argument('--load', choices=('h2load', 'python'),
+                      help='which clients (default: h2load when installed, else python)')
   args = parser.parse_args(argv)
+  if args.load is None:
+    args.load = 'h2load' if h2load.available() else 'python'
+  elif args.load == 'h2load' and not h2load.available():
+    parser.error('--load h2load: h2load not found (apt-get install nghttp2-client)')
   print(report(run(args), args))
 
 

@@ -142,6 +142,13 @@ def _settle(tasks: List[_Task]) -> None:
       task.future.set_result(task.outputs)
 
 
+def _merged(tasks: List[_Task]) -> Arrays:
+  """The tasks' rows, one array per input."""
+  if len(tasks) == 1:
+    return dict(tasks[0].inputs)
+  return {k: np.concatenate([t.inputs[k] for t in tasks]) for k in tasks[0].inputs}
+
+
 class _Batch:
   __slots__ = ('tasks', 'rows', 'opened')
 
@@ -154,8 +161,16 @@ class _Batch:
 class Batcher:
   """The queue of one signature of one servable, and the threads that run its batches."""
 
-  def __init__(self, name: str, run: Callable[[Arrays], Arrays], params: BatchingParameters):
+  def __init__(self, name: str, run: Callable[[Arrays], Arrays], params: BatchingParameters,
+               check: Optional[Callable[[Arrays], None]] = None,
+               done: Optional[Callable[[Arrays, int], None]] = None):
+    """`check` raises on inputs the model must not see; `done` gets the outputs of the
+    rows answered and their count (padding left out). Both run once per batch, on all its
+    rows, where each request would cost calls of its own; `check` runs on each request
+    alone only when the batch fails it."""
     self._run = run
+    self._check = check
+    self._done = done
     self._params = params
     self._timeout = params.batch_timeout_micros / 1e6
     self._cond = threading.Condition()
@@ -171,7 +186,7 @@ class Batcher:
     """Runs `inputs` as part of a batch; blocks until its outputs are ready."""
     task = self._enqueue(inputs, None)
     if task is None:
-      return self._run(dict(inputs))
+      return self._alone(inputs)
     task.ready.acquire()
     if task.error is not None:
       raise task.error
@@ -186,8 +201,17 @@ class Batcher:
     future = asyncio.get_running_loop().create_future()
     task = self._enqueue(inputs, future)
     if task is None:
-      return await alone(lambda: self._run(dict(inputs)))
+      return await alone(lambda: self._alone(inputs))
     return await future
+
+  def _alone(self, inputs: Mapping[str, np.ndarray]) -> Arrays:
+    if self._check is not None:
+      self._check(inputs)
+    outputs = self._run(dict(inputs))
+    if self._done is not None:
+      rows = next(iter(inputs.values()))
+      self._done(outputs, rows.shape[0] if rows.ndim else 1)
+    return outputs
 
   def _enqueue(self, inputs: Mapping[str, np.ndarray],
                future: Optional['asyncio.Future[Arrays]']) -> Optional[_Task]:
@@ -251,23 +275,42 @@ class Batcher:
   def _padded_rows(self, rows: int) -> int:
     return next((size for size in self._params.allowed_batch_sizes if size >= rows), rows)
 
+  def _passing(self, tasks: List[_Task]) -> List[_Task]:
+    """The tasks whose inputs pass `check`, each checked alone; the others get its error."""
+    passing = []
+    for task in tasks:
+      try:
+        self._check(task.inputs)
+        passing.append(task)
+      except ServingError as e:
+        task.error = e
+    return passing
+
   def _process(self, tasks: List[_Task], rows: int) -> None:
+    running = tasks
     try:
-      if len(tasks) == 1:
-        merged = dict(tasks[0].inputs)
-      else:
-        merged = {k: np.concatenate([t.inputs[k] for t in tasks]) for k in tasks[0].inputs}
+      merged = _merged(tasks)
+      if self._check is not None:
+        try:
+          self._check(merged)
+        except ServingError:
+          running = self._passing(tasks)
+          if not running:
+            return
+          merged, rows = _merged(running), sum(task.rows for task in running)
       padding = self._padded_rows(rows) - rows
       if padding:   # TF Serving pads with copies of the first row
         merged = {k: np.concatenate([v, np.repeat(v[:1], padding, axis=0)])
                   for k, v in merged.items()}
       outputs = self._run(merged)
       start = 0
-      for task in tasks:
+      for task in running:
         task.outputs = {k: v[start:start + task.rows] for k, v in outputs.items()}
         start += task.rows
+      if self._done is not None:
+        self._done({k: v[:rows] for k, v in outputs.items()} if padding else outputs, rows)
     except BaseException as e:  # pylint: disable=broad-except  (handed to every waiting request)
-      for task in tasks:
+      for task in running:
         task.error = e
     finally:
       waiting: Dict[asyncio.AbstractEventLoop, List[_Task]] = {}

@@ -32,14 +32,15 @@ from serving import metrics
 from serving.errors import ServingError, invalid
 from serving.models import ModelManager
 from serving.servable import Servable
-from serving.tensors import examples, predict_inputs, to_tensor_proto
+from serving.tensors import checked_size, decoded, examples, predict_inputs, to_tensor_proto
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_DEF_FIELD = 'signature_def'
 RECORDED_APIS = ('Predict', 'Classify', 'Regress')
-# A batched Predict up to this size is decoded and encoded on the event loop (a batch-1
-# image is ~3 KB); bigger ones go whole to a worker thread, so the loop never stalls.
+# A batched Predict whose inputs take up to this size once decoded is decoded and encoded
+# on the event loop (a batch-1 image: ~3 KB); bigger ones go whole to a worker thread, so
+# the loop never stalls.
 INLINE_MAX_BYTES = 64 * 1024
 T = TypeVar('T')
 
@@ -50,8 +51,14 @@ def _spec(spec: model_pb2.ModelSpec) -> Tuple[str, Optional[int], Optional[str]]
 
 
 def _response_spec(servable: Servable, signature_name: str) -> model_pb2.ModelSpec:
-  spec = model_pb2.ModelSpec(name=servable.name, signature_name=signature_name)
-  spec.version.value = servable.version
+  """The spec a response carries (responses copy it: the cached message is never changed)."""
+  return _spec_message(servable.name, servable.version, signature_name)
+
+
+@functools.lru_cache(maxsize=256)
+def _spec_message(name: str, version: int, signature_name: str) -> model_pb2.ModelSpec:
+  spec = model_pb2.ModelSpec(name=name, signature_name=signature_name)
+  spec.version.value = version
   return spec
 
 
@@ -209,11 +216,12 @@ class BatchingPredictionService(PredictionService):
   async def Predict(self, request: predict_pb2.PredictRequest,
                     context: grpc.aio.ServicerContext) -> predict_pb2.PredictResponse:
     servable = self._resolve(request.model_spec)
-    if not servable.batches(request.model_spec.signature_name) or (
-        request.ByteSize() > INLINE_MAX_BYTES):
+    if not servable.batches(request.model_spec.signature_name):
       return await self._in_pool(functools.partial(self._predict, request))
     sig = servable.signature(request.model_spec.signature_name)
-    inputs = predict_inputs(sig, request.inputs, servable.limits)
+    if checked_size(sig, request.inputs, servable.limits) > INLINE_MAX_BYTES:
+      return await self._in_pool(functools.partial(self._predict, request))
+    inputs = decoded(request.inputs)
     outputs = await servable.predict_batched(sig, inputs, request.output_filter, self._in_pool)
     return _predict_response(_response_spec(servable, sig.name), outputs)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from serving.errors import invalid
 
@@ -21,6 +21,7 @@ DEFAULT_MAX_INPUT_BYTES = 32 * 1024 * 1024   # ~10,000 images as float32
 # What one string element costs once decoded, beyond its bytes: a numpy object slot and
 # TensorFlow's tstring header (32 bytes).
 STRING_ELEMENT_BYTES = 40
+DT_STRING = 7   # tensorflow.DataType (types.proto), whose module imports TensorFlow
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,7 @@ def shape_text(shape: Sequence[Optional[int]]) -> str:
 def check_shape(name: str, shape: Sequence[int], expected: Optional[Sequence[Optional[int]]],
                 limits: Limits) -> None:
   """A declared shape against the signature's (None: any size) and the batch cap."""
-  if any(d < 0 for d in shape):
+  if shape and min(shape) < 0:
     raise invalid(f'Input "{name}" declares shape {shape_text(shape)} with a negative dimension')
   if expected is not None and (len(shape) != len(expected) or any(
       want is not None and want != got for want, got in zip(expected, shape))):
@@ -63,7 +64,7 @@ def decoded_bytes(shape: Sequence[int], itemsize: int) -> int:
 
 # Per dtype: the repeated field carrying its values when tensor_content is empty, how many
 # entries one element takes there (complex values are pairs), and its size once decoded.
-_ENCODINGS = {
+_ENCODINGS_BY_NAME = {
     'DT_FLOAT': ('float_val', 1, 4), 'DT_DOUBLE': ('double_val', 1, 8),
     'DT_INT32': ('int_val', 1, 4), 'DT_INT16': ('int_val', 1, 2), 'DT_INT8': ('int_val', 1, 1),
     'DT_UINT8': ('int_val', 1, 1), 'DT_UINT16': ('int_val', 1, 2),
@@ -71,6 +72,14 @@ _ENCODINGS = {
     'DT_HALF': ('half_val', 1, 2), 'DT_BFLOAT16': ('half_val', 1, 2),
     'DT_UINT32': ('uint32_val', 1, 4), 'DT_UINT64': ('uint64_val', 1, 8),
     'DT_COMPLEX64': ('scomplex_val', 2, 8), 'DT_COMPLEX128': ('dcomplex_val', 2, 16)}
+
+
+@functools.lru_cache(maxsize=None)
+def _encodings() -> Dict[int, Tuple[str, int, int]]:
+  """`_ENCODINGS_BY_NAME` keyed by the DataType enum, as a TensorProto's `dtype` holds it."""
+  from tensorflow.core.framework import types_pb2  # pylint: disable=import-outside-toplevel
+  return {types_pb2.DataType.Value(name): encoding
+          for name, encoding in _ENCODINGS_BY_NAME.items()}
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,17 +97,19 @@ def check_tensor_proto(name: str, proto: Any, expected_dtype: int,
                        expected_shape: Optional[Sequence[Optional[int]]], limits: Limits) -> int:
   """Checks a TensorProto's declared dtype, shape and size; returns its decoded bytes.
 
-  Reads only the header fields and the lengths of the value fields: nothing is decoded."""
-  if proto.dtype != expected_dtype:
+  Reads only the header fields and the lengths of the value fields: nothing is decoded.
+  Every request passes here, so each field is read once (a bytes field is copied per read)."""
+  dtype = proto.dtype
+  if dtype != expected_dtype:
     raise invalid(f'Input "{name}" expects {dtype_name(expected_dtype)} but '
-                  f'{dtype_name(proto.dtype)} was provided')
-  dtype = dtype_name(proto.dtype)
-  if proto.tensor_shape.unknown_rank:
+                  f'{dtype_name(dtype)} was provided')
+  tensor_shape = proto.tensor_shape
+  if tensor_shape.unknown_rank:
     raise invalid(f'Input "{name}" has an unknown rank; a request tensor needs a full shape')
-  shape = [d.size for d in proto.tensor_shape.dim]
+  shape = [d.size for d in tensor_shape.dim]
   check_shape(name, shape, expected_shape, limits)
   elements = math.prod(shape)
-  if dtype == 'DT_STRING':
+  if dtype == DT_STRING:
     values = proto.string_val
     if len(values) > elements:
       raise invalid(f'Input "{name}" carries {len(values)} values for shape '
@@ -106,12 +117,13 @@ def check_tensor_proto(name: str, proto: Any, expected_dtype: int,
     longest = max((len(v) for v in values), default=0)
     size = elements * (STRING_ELEMENT_BYTES + longest)
   else:
-    field, per_element, itemsize = _ENCODINGS.get(dtype, (None, 1, 8))
+    field, per_element, itemsize = _encodings().get(dtype, (None, 1, 8))
     size = elements * itemsize
-    if proto.tensor_content:
-      if len(proto.tensor_content) != size:
-        raise invalid(f'Input "{name}" has {len(proto.tensor_content)} bytes of '
-                      f'tensor_content for shape {shape_text(shape)} of {dtype} ({size} bytes)')
+    content_bytes = len(proto.tensor_content)
+    if content_bytes:
+      if content_bytes != size:
+        raise invalid(f'Input "{name}" has {content_bytes} bytes of tensor_content for shape '
+                      f'{shape_text(shape)} of {dtype_name(dtype)} ({size} bytes)')
     elif field and len(getattr(proto, field)) > elements * per_element:
       raise invalid(f'Input "{name}" carries {len(getattr(proto, field)) // per_element} '
                     f'values for shape {shape_text(shape)} ({elements} elements)')

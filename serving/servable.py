@@ -57,7 +57,7 @@ class TensorInfo:
   def is_string(self) -> bool:
     return self.dtype == tf.string
 
-  @property
+  @functools.cached_property   # read for every gRPC request
   def datatype(self) -> int:
     """The DataType enum, as a TensorProto's `dtype` field holds it."""
     return self.dtype.as_datatype_enum
@@ -89,7 +89,7 @@ def _shape_text(shape: Sequence[int]) -> str:
 
 def check_input_names(sig: Signature, names: Iterable[str]) -> None:
   """TF Serving's message when the request's input names differ from the signature's."""
-  sent, want = set(names), set(sig.inputs)
+  sent, want = set(names), sig.inputs.keys()
   if sent != want:
     raise invalid(
         f'input size does not match signature: {len(sent)}!={len(want)} '
@@ -105,7 +105,12 @@ def _check_input(name: str, value: np.ndarray, info: TensorInfo, limits: Limits)
     raise invalid(f'Input "{name}" expects {_dtype_name(info.numpy_dtype)} but '
                   f'{_dtype_name(value.dtype)} was provided')
   check_shape(name, value.shape, info.shape, limits)
-  _check_values(name, value)
+
+
+def _check_all_values(inputs: Mapping[str, np.ndarray]) -> None:
+  """One request's inputs, or a whole batch's rows at once."""
+  for name, value in inputs.items():
+    _check_values(name, value)
 
 
 def _check_values(name: str, value: np.ndarray) -> None:
@@ -176,8 +181,9 @@ class Servable:
     for key, sig_def in meta_graph.signature_def.items():
       self.signature_def_map.signature_def[key].CopyFrom(sig_def)
     self._keepalive = keepalive  # the loaded object owns the variables the functions use
+    # A batch thread checks the values and records the predictions once per batch.
     self._batchers = {key: Batcher(f'{name}-{version}-{key}', functools.partial(self._call, sig),
-                                   batching)
+                                   batching, _check_all_values, self._record)
                       for key, sig in self.signatures.items() if batching and batchable(sig)}
 
   @classmethod
@@ -246,10 +252,21 @@ class Servable:
                          _op_error_text(e.message)) from None
     return {k: v.numpy() for k, v in outputs.items()}
 
-  def _run(self, sig: Signature, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """Through the signature's batch queue when batching is on, else straight in."""
-    batcher = self._batchers.get(sig.name)
-    return batcher.run(inputs) if batcher else self._call(sig, inputs)
+  def _run(self, sig: Signature, inputs: Mapping[str, np.ndarray], record: bool
+           ) -> Dict[str, np.ndarray]:
+    """One request's outputs, once its values passed. With batching, through the
+    signature's batch queue, which checks values and records predictions per batch;
+    warm-up replays (`record=False`: no prediction metrics) never queue, as no client
+    waits on them."""
+    batcher = self._batchers.get(sig.name) if record else None
+    if batcher is not None:
+      return batcher.run(inputs)
+    _check_all_values(inputs)
+    outputs = self._call(sig, inputs)
+    if record:
+      first = next(iter(inputs.values()))
+      self._record(outputs, first.shape[0] if first.ndim else 1)
+    return outputs
 
   def _record(self, outputs: Mapping[str, np.ndarray], rows: int) -> None:
     metrics.record_predictions(self.name, self.version, rows, predicted_classes(outputs))
@@ -263,18 +280,13 @@ class Servable:
       _check_input(key, value, sig.inputs[key], self.limits)
     return sig, _wanted_outputs(sig, output_filter)
 
-  def _predicted(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
-                 wanted: List[str], record: bool) -> Dict[str, np.ndarray]:
-    if record:
-      first = next(iter(inputs.values()))
-      self._record(outputs, first.shape[0] if first.ndim else 1)
-    return {k: outputs[k] for k in wanted}
-
   def predict(self, signature_name: str, inputs: Mapping[str, np.ndarray],
               output_filter: Iterable[str] = (), record: bool = True) -> Dict[str, np.ndarray]:
-    """`record=False` (warm-up replays) leaves the prediction metrics alone."""
+    """`record=False` (warm-up replays) leaves the prediction metrics and the batch queue
+    alone."""
     sig, wanted = self._checked(signature_name, inputs, output_filter)
-    return self._predicted(inputs, self._run(sig, inputs), wanted, record)
+    outputs = self._run(sig, inputs, record)
+    return {k: outputs[k] for k in wanted}
 
   def batches(self, signature_name: str) -> bool:
     """Whether requests to this signature go through a batch queue."""
@@ -288,14 +300,13 @@ class Servable:
     """`predict` for an event loop, on a batching signature, for inputs decoded from
     TensorProtos whose names, dtypes and shapes were checked against `sig`: the request
     waits for its batch without holding a thread; `alone` runs a call that cannot join one."""
-    for key, value in inputs.items():
-      _check_values(key, value)
     wanted = _wanted_outputs(sig, output_filter)
     outputs = await self._batchers[sig.name].run_async(inputs, alone)
-    return self._predicted(inputs, outputs, wanted, True)
+    return {k: outputs[k] for k in wanted}
 
   def _run_examples(self, signature_name: str, method: str, kind: str,
-                    serialized: List[bytes]) -> Tuple[Signature, Dict[str, np.ndarray]]:
+                    serialized: List[bytes], record: bool
+                    ) -> Tuple[Signature, Dict[str, np.ndarray]]:
     sig = self.signature(signature_name)
     if sig.method_name != method:
       others = sorted(k for k, s in self.signatures.items() if s.method_name == method)
@@ -308,13 +319,13 @@ class Servable:
       raise invalid('Invalid argument: Input is empty.')
     check_examples(len(serialized), sum(len(e) for e in serialized), 0, self.limits)
     examples = np.array(serialized, dtype=object)
-    return sig, self._run(sig, {next(iter(sig.inputs)): examples})
+    return sig, self._run(sig, {next(iter(sig.inputs)): examples}, record)
 
   def classify(self, signature_name: str, serialized: List[bytes], record: bool = True
                ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     """Returns (classes [n, k] bytes or None, scores [n, k] float or None)."""
     sig, out = self._run_examples(signature_name, CLASSIFY_METHOD, 'classification',
-                                  serialized)
+                                  serialized, record)
     if CLASSIFY_CLASSES not in sig.outputs and CLASSIFY_SCORES not in sig.outputs:
       raise invalid(f'Expected classification signature outputs to contain '
                     f'{CLASSIFY_CLASSES} or {CLASSIFY_SCORES}.')
@@ -324,21 +335,17 @@ class Servable:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                            f'Expected classification output of shape [batch, classes], '
                            f'got {_shape_text(value.shape)}')
-    if record:
-      self._record({k: v for k, v in ((CLASSIFY_CLASSES, classes), (CLASSIFY_SCORES, scores))
-                    if v is not None}, len(serialized))
     return classes, scores
 
   def regress(self, signature_name: str, serialized: List[bytes], record: bool = True
               ) -> np.ndarray:
     """Returns one float per example."""
-    sig, out = self._run_examples(signature_name, REGRESS_METHOD, 'regression', serialized)
+    sig, out = self._run_examples(signature_name, REGRESS_METHOD, 'regression', serialized,
+                                  record)
     if REGRESS_OUTPUTS not in sig.outputs:
       raise invalid(f'No output tensor named "{REGRESS_OUTPUTS}" in the regression signature')
     values = out[REGRESS_OUTPUTS]
     if values.shape not in ((len(serialized),), (len(serialized), 1)):
       raise invalid(f'Expected regression output of shape [batch] or [batch, 1], got '
                     f'{_shape_text(values.shape)}')
-    if record:
-      self._record({}, len(serialized))
     return values.reshape(-1)

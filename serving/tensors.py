@@ -24,10 +24,9 @@ _FAST_NUMPY = {enum: dtype for dtype, enum in _FAST_DTYPES.items()}
 def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
   """Raw tensor_content of the common dtypes is viewed directly (its size was checked);
   anything else goes through TensorFlow's helper."""
-  dtype = _FAST_NUMPY.get(proto.dtype)
-  if dtype is not None and proto.tensor_content:
-    return np.frombuffer(proto.tensor_content, dtype).reshape(
-        [d.size for d in proto.tensor_shape.dim])
+  dtype, content = _FAST_NUMPY.get(proto.dtype), proto.tensor_content   # a copy per read
+  if dtype is not None and content:
+    return np.frombuffer(content, dtype).reshape([d.size for d in proto.tensor_shape.dim])
   try:
     return tf.make_ndarray(proto)
   except Exception as e:  # pylint: disable=broad-except
@@ -50,16 +49,30 @@ def to_tensor_proto(array: np.ndarray, out: Optional[tensor_pb2.TensorProto] = N
   return out
 
 
+def checked_size(sig: Signature, protos: Mapping[str, tensor_pb2.TensorProto],
+                 limits: Limits) -> int:
+  """A PredictRequest's inputs' decoded size in bytes, once every declared name, dtype,
+  shape and size has passed (read from the headers: nothing is decoded)."""
+  names = list(protos)   # the map's own iterator (its items() view is a slow Python one)
+  check_input_names(sig, names)
+  total = 0
+  for name in names:
+    info = sig.inputs[name]
+    total += check_tensor_proto(name, protos[name], info.datatype, info.shape, limits)
+  check_bytes(f'The {len(names)} inputs', total, limits)
+  return total
+
+
+def decoded(protos: Mapping[str, tensor_pb2.TensorProto]) -> Dict[str, np.ndarray]:
+  """Inputs whose `checked_size` passed, as arrays."""
+  return {name: to_ndarray(protos[name]) for name in protos}
+
+
 def predict_inputs(sig: Signature, protos: Mapping[str, tensor_pb2.TensorProto],
                    limits: Limits) -> Dict[str, np.ndarray]:
   """A PredictRequest's inputs as arrays, once every declared shape and size has passed."""
-  check_input_names(sig, protos)
-  total = 0
-  for name, proto in protos.items():
-    info = sig.inputs[name]
-    total += check_tensor_proto(name, proto, info.datatype, info.shape, limits)
-  check_bytes(f'The {len(protos)} inputs', total, limits)
-  return {name: to_ndarray(proto) for name, proto in protos.items()}
+  checked_size(sig, protos, limits)
+  return decoded(protos)
 
 
 def examples(request_input: Any, limits: Limits) -> List[bytes]:

@@ -17,7 +17,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2_grpc)
 
 from serving import batching, process
-from serving.errors import ServingError
+from serving.errors import ServingError, invalid
 from tests.serving import metrics_helpers as m
 from tests.serving.conftest import MODEL_NAME, reference_predict
 from tests.serving.helpers import call
@@ -241,6 +241,49 @@ def test_coroutine_batch_errors_reach_every_waiter_and_a_cancelled_one_is_skippe
   assert [type(e) for e in failing] == [ValueError, ValueError]
 
 
+def test_values_are_checked_and_answers_recorded_once_per_batch_and_only_a_bad_request_fails():
+  """A batch's values are checked at once; only when that fails is each request checked
+  alone, so a bad request fails by itself. `done` sees a batch's answered rows once,
+  without the padding; a request run alone is checked and recorded the same way."""
+  checks: List[int] = []
+  calls: List[int] = []
+  done: List[tuple] = []
+  def check(inputs: Dict[str, np.ndarray]) -> None:
+    checks.append(len(inputs['x']))
+    if (inputs['x'] < 0).any():
+      raise invalid('negative input')
+  def run(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    calls.append(len(inputs['x']))
+    return {'y': inputs['x'] + 1}
+  batcher = batching.Batcher('checked', run, batching.BatchingParameters(
+      max_batch_size=4, batch_timeout_micros=60_000_000, num_batch_threads=1,
+      allowed_batch_sizes=(4,)), check, lambda outputs, rows: done.append(
+          (outputs['y'][:, 0].tolist(), rows)))
+
+  async def main(values: List[int]) -> list:
+    return await asyncio.gather(
+        *(batcher.run_async({'x': np.full((1, 1), v)}, _in_thread) for v in values),
+        return_exceptions=True)
+
+  clean = asyncio.run(main([1, 2, 3, 4]))
+  assert [r['y'].item() for r in clean] == [2, 3, 4, 5]
+  assert checks == [4] and calls == [4] and done == [([2, 3, 4, 5], 4)]
+  checks.clear(), calls.clear(), done.clear()
+
+  mixed = asyncio.run(main([1, -1, 2, 3]))
+  assert isinstance(mixed[1], ServingError) and mixed[1].message == 'negative input'
+  assert [mixed[i]['y'].item() for i in (0, 2, 3)] == [2, 3, 4]
+  assert checks == [4, 1, 1, 1, 1]                   # the batch, then each request alone
+  assert calls == [4] and done == [([2, 3, 4], 3)]    # 3 rows padded to 4; 3 recorded
+  checks.clear(), calls.clear(), done.clear()
+
+  batcher.close()
+  with pytest.raises(ServingError, match='negative input'):
+    batcher.run({'x': np.full((2, 1), -1)})
+  np.testing.assert_array_equal(batcher.run({'x': np.full((2, 1), 7)})['y'], [[8], [8]])
+  assert checks == [2, 2] and calls == [2] and done == [([8, 8], 2)]
+
+
 def test_closed_batcher_runs_a_coroutine_request_alone_in_a_thread():
   def run(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return {'y': inputs['x'] + 1, 'thread': np.array(threading.get_ident())}
@@ -328,6 +371,11 @@ def test_concurrent_requests_share_model_calls_with_unbatched_answers(batching_s
   rows = (m.total(after, 'serving_batch_size_sum', signature=features.SERVING_DEFAULT)
           - m.total(before, 'serving_batch_size_sum', signature=features.SERVING_DEFAULT))
   assert rows == requests
+  # Prediction metrics are recorded once per batch: every answered image, once.
+  assert (m.total(after, 'serving_predictions_total', version='2')
+          - m.total(before, 'serving_predictions_total', version='2')) == requests
+  assert (m.total(after, 'serving_predicted_class_total', version='2')
+          - m.total(before, 'serving_predicted_class_total', version='2')) == requests
 
 
 def test_request_over_max_batch_size_is_refused_like_tf_serving(batching_server, mnist_test):
@@ -367,6 +415,19 @@ def test_grpc_front_end_with_batching_answers_every_method_and_error(batching_se
     _grpc_predict(batching_server.grpc_target, broken)
   assert nan.value.code() == grpc.StatusCode.INVALID_ARGUMENT
   assert 'NaN or infinite' in nan.value.details()
+  # Sent together, a bad image and good ones: the batch thread checks values, and only
+  # the bad request fails.
+  with grpc.insecure_channel(batching_server.grpc_target) as channel:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    calls = [stub.Predict.future(predict_request(images), timeout=60)
+             for images in (mnist_test.images[:1], broken, mnist_test.images[1:2],
+                            mnist_test.images[2:3] + 300.0)]
+    outcomes = [call.exception() or call.result() for call in calls]
+  assert [o.code() for o in outcomes[1::2]] == [grpc.StatusCode.INVALID_ARGUMENT] * 2
+  assert 'pixel values 0-255' in outcomes[3].details()
+  for outcome, index in zip(outcomes[0::2], (0, 1)):
+    np.testing.assert_allclose(tf.make_ndarray(outcome.outputs[features.PROBABILITIES_OUTPUT]),
+                               expected[index:index + 1], rtol=0, atol=1e-6)
 
   with grpc.insecure_channel(batching_server.grpc_target) as channel:
     status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(

@@ -4,6 +4,7 @@ corrupt one fails only its own version."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from trainer.warmup_requests import write_warmup_file
-from serving import process, warmup
+from serving import metrics, process, warmup
+from serving.batching import BatchingParameters
 from serving.errors import ServingError
 from serving.limits import Limits
 from serving.servable import Servable
@@ -80,6 +82,26 @@ def test_replay_runs_every_record_and_refuses_bad_ones(servable_dir, mnist_test)
   path.write_bytes(b'this is no TFRecord file')
   with pytest.raises(ServingError, match='TFRecord format'):
     warmup.replay(servable)
+
+
+def test_replay_with_batching_runs_the_model_straight_and_is_not_counted(servable_dir,
+                                                                           mnist_test):
+  """A replay is no client's request: with batching on it neither waits in the batch queue
+  (here 60 s for a batch that never fills) nor counts as a prediction."""
+  servable = Servable.load(MODEL_NAME, 1, servable_dir, Limits(), BatchingParameters(
+      max_batch_size=8, batch_timeout_micros=60_000_000, num_batch_threads=1))
+  try:
+    write_warmup_file(servable_dir, mnist_test.images[:3])
+    predictions = metrics.REGISTRY.get_sample_value(
+        'serving_predictions_total', {'model_name': MODEL_NAME, 'version': '1'}) or 0
+    start = time.monotonic()
+    assert warmup.replay(servable) == 3
+    assert time.monotonic() - start < 30
+    assert (metrics.REGISTRY.get_sample_value(
+        'serving_predictions_total', {'model_name': MODEL_NAME, 'version': '1'}) or 0
+            ) == predictions
+  finally:
+    servable.close()
 
 
 @pytest.fixture(scope='module')
