@@ -64,6 +64,7 @@ def test_a_fitting_tensor_proto_passes_and_reports_its_size():
   message = bad_request_message(lambda: limits.check_tensor_proto(
       'image', proto, types_pb2.DT_FLOAT, IMAGE_SHAPE, limits.Limits(max_batch_size=2)))
   assert 'maximum batch size of 2' in message
+  assert limits.DT_STRING == types_pb2.DT_STRING   # kept as a number: no TensorFlow import
 
 
 def test_json_nesting_declares_a_shape_checked_before_the_array_is_built():
