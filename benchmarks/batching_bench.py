@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
@@ -151,7 +151,10 @@ def server_counters(rest_url: str) -> Dict[str, float]:
   return totals
 
 
-def python_phase(clients: List[Call]) -> Callable[[float], Dict[str, object]]:
+Phase = Callable[[float], Dict[str, object]]   # seconds -> seconds, latencies, ...
+
+
+def python_phase(clients: List[Call]) -> Phase:
   return lambda seconds: drive(clients, seconds)
 
 
@@ -167,31 +170,37 @@ def check_answered(url: str, result: Dict[str, object], before: Dict[str, float]
                        f'{in_flight}), the server answered {counts}')
 
 
-def checked_h2load(server: process.ServerProcess, url: str, body: bytes,
-                   headers: Sequence[str], clients: int, seconds: float, http1: bool = False
-                   ) -> Dict[str, object]:
-  """h2load against `server`, its answers checked by `check_answered`."""
-  before = server_counters(server.rest_url)
-  result = h2load.run(url, body, headers, clients, seconds, http1)
-  check_answered(url, result, before, server_counters(server.rest_url))
-  return result
+def h2load_load(url: str, body: bytes, headers: Sequence[str], clients: int,
+                http1: bool = False) -> Phase:
+  """h2load POSTing `body` to `url`; `measured(check=True)` checks its answers."""
+  def phase(seconds: float) -> Dict[str, object]:
+    return {'seconds': seconds, 'url': url,
+            **h2load.run(url, body, headers, clients, seconds, http1)}
+  return phase
 
 
 def h2load_phase(server: process.ServerProcess, protocol: str, image: np.ndarray,
-                 clients: int) -> Callable[[float], Dict[str, object]]:
-  """One phase's load from h2load: every connection sends `image` (one row). `run` checks
-  the answers with the server counters it reads around each phase anyway."""
+                 clients: int) -> Phase:
+  """One phase's load from h2load: every connection sends `image` (one row)."""
   if protocol == 'gRPC':
-    url, headers = f'http://{server.grpc_target}{h2load.PREDICT_PATH}', h2load.GRPC_HEADERS
-    body = h2load.grpc_body(predict_request(image))
-  else:
-    url, headers = f'{server.rest_url}/v1/models/mnist:predict', h2load.REST_HEADERS
-    body = json.dumps({'instances': [image.tolist()]}).encode()
+    return h2load_load(f'http://{server.grpc_target}{h2load.PREDICT_PATH}',
+                       h2load.grpc_body(predict_request(image)), h2load.GRPC_HEADERS, clients)
+  return h2load_load(f'{server.rest_url}/v1/models/mnist:predict',
+                     json.dumps({'instances': [image.tolist()]}).encode(), h2load.REST_HEADERS,
+                     clients, http1=True)
 
-  def phase(seconds: float) -> Dict[str, object]:
-    result = h2load.run(url, body, headers, clients, seconds, http1=protocol == 'REST')
-    return {'seconds': seconds, 'url': url, **result}
-  return phase
+
+def measured(server: process.ServerProcess, load: Phase, seconds: float, check: bool
+             ) -> Tuple[Dict[str, object], Dict[str, float], float]:
+  """`load` for `seconds` against `server`: its result, how far the server's counters moved
+  and the server's CPU seconds meanwhile. With `check` (h2load's loads), every request the
+  load finished must have been answered OK (`check_answered`)."""
+  before, cpu_before = server_counters(server.rest_url), cpu_seconds(server.process.pid)
+  result = load(seconds)
+  after, cpu_after = server_counters(server.rest_url), cpu_seconds(server.process.pid)
+  if check:
+    check_answered(result['url'], result, before, after)
+  return result, {key: after[key] - before[key] for key in after}, cpu_after - cpu_before
 
 
 def run(args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
@@ -221,17 +230,13 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
       loads[(client, protocol, mode)](args.warmup)
     for _ in range(args.rounds):
       for phase in phases:
-        url, pid = servers[phase[2]].rest_url, servers[phase[2]].process.pid
-        before, cpu_before = server_counters(url), cpu_seconds(pid)
-        result = loads[phase](args.seconds / args.rounds)
-        after, cpu_after = server_counters(url), cpu_seconds(pid)
-        if phase[0] == 'h2load':
-          check_answered(result['url'], result, before, after)
-        counters[phase]['cpu'] += cpu_after - cpu_before
+        result, moved, cpu = measured(servers[phase[2]], loads[phase],
+                                      args.seconds / args.rounds, check=phase[0] == 'h2load')
+        counters[phase]['cpu'] += cpu
         raw[phase]['seconds'].append(result['seconds'])
         raw[phase]['latencies'].extend(result['latencies'])
         for key in ('calls', 'rows'):
-          counters[phase][key] += after[key] - before[key]
+          counters[phase][key] += moved[key]
   finally:
     for server in servers.values():
       server.stop()

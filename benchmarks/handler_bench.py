@@ -71,7 +71,7 @@ def measure(model_dir: Path, model: str, requests: int, clients: int) -> float:
       raise RuntimeError(f'{code}: {message}')
 
   service = grpc_service.BatchingPredictionService(Manager(), futures.ThreadPoolExecutor(4))
-  batch = []
+  batch = []   # built here, not by batching_bench: `root` may be a checkout without it
   for image in idx.load_source(configs.SHARED_DATA_DIR, 'test', clients).images:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = 'mnist'

@@ -29,8 +29,8 @@ import tempfile
 from typing import Dict, List, Optional, Tuple
 
 from benchmarks import h2load
-from benchmarks.batching_bench import (DEFAULT_PARAMETERS, check_answered, cpu_seconds,
-                                       grpc_client, h2load_phase, python_phase, server_counters)
+from benchmarks.batching_bench import (DEFAULT_PARAMETERS, grpc_client, h2load_phase, measured,
+                                       python_phase)
 from benchmarks.serving_bench import build_model, percentile
 from pipeline import configs
 from serving import process
@@ -64,12 +64,9 @@ def run(args: argparse.Namespace) -> Dict[Tuple[str, str], Dict[str, float]]:
     raw = {key: {'seconds': 0.0, 'latencies': [], 'cpu': 0.0} for key in servers}
     for _ in range(args.rounds):
       for key, server in servers.items():
-        before, cpu_before = server_counters(server.rest_url), cpu_seconds(server.process.pid)
-        result = loads[key](args.seconds / args.rounds)
-        after, cpu_after = server_counters(server.rest_url), cpu_seconds(server.process.pid)
-        if args.load == 'h2load':
-          check_answered(result['url'], result, before, after)
-        raw[key]['cpu'] += cpu_after - cpu_before
+        result, _, cpu = measured(server, loads[key], args.seconds / args.rounds,
+                                  check=args.load == 'h2load')
+        raw[key]['cpu'] += cpu
         raw[key]['seconds'] += result['seconds']
         raw[key]['latencies'].extend(result['latencies'])
   finally:

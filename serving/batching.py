@@ -142,6 +142,12 @@ def _settle(tasks: List[_Task]) -> None:
       task.future.set_result(task.outputs)
 
 
+def rows_of(inputs: Mapping[str, np.ndarray]) -> int:
+  """A request's rows: its first input's leading dimension (a scalar is one row)."""
+  first = next(iter(inputs.values()))
+  return first.shape[0] if first.ndim else 1
+
+
 def _merged(tasks: List[_Task]) -> Arrays:
   """The tasks' rows, one array per input."""
   if len(tasks) == 1:
@@ -209,8 +215,7 @@ class Batcher:
       self._check(inputs)
     outputs = self._run(dict(inputs))
     if self._done is not None:
-      rows = next(iter(inputs.values()))
-      self._done(outputs, rows.shape[0] if rows.ndim else 1)
+      self._done(outputs, rows_of(inputs))
     return outputs
 
   def _enqueue(self, inputs: Mapping[str, np.ndarray],

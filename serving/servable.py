@@ -21,7 +21,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from serving import metrics
-from serving.batching import Batcher, BatchingParameters
+from serving.batching import Batcher, BatchingParameters, rows_of
 from serving.errors import ServingError, invalid
 from serving.limits import Limits, check_examples, check_shape, dtype_name
 from trainer.serving_layout import SAVED_MODEL_FILE
@@ -264,8 +264,7 @@ class Servable:
     _check_all_values(inputs)
     outputs = self._call(sig, inputs)
     if record:
-      first = next(iter(inputs.values()))
-      self._record(outputs, first.shape[0] if first.ndim else 1)
+      self._record(outputs, rows_of(inputs))
     return outputs
 
   def _record(self, outputs: Mapping[str, np.ndarray], rows: int) -> None:

@@ -21,6 +21,11 @@ def h2load_installed() -> str:
   return debian.ensure_installed(H2LOAD, INSTALL, 'load generator tests', print)
 
 
+def _checked_h2load(server, url: str, body: bytes, headers, http1: bool = False) -> None:
+  batching_bench.measured(server, batching_bench.h2load_load(url, body, headers, 2, http1), 0.3,
+                          check=True)
+
+
 def test_grpc_body_is_one_length_prefixed_message(mnist_test):
   request = batching_bench.predict_request(mnist_test.images[0])
   body = h2load.grpc_body(request)
@@ -32,7 +37,7 @@ def test_grpc_body_is_one_length_prefixed_message(mnist_test):
 def test_h2load_drives_grpc_and_rest_with_every_answer_ok(h2load_installed, server, mnist_test):
   for protocol in ('gRPC', 'REST'):
     phase = batching_bench.h2load_phase(server, protocol, mnist_test.images[0], clients=4)
-    result = phase(1.0)
+    result, _, _ = batching_bench.measured(server, phase, 1.0, check=True)
     assert len(result['latencies']) > 20, protocol
     assert all(0 < t < 5 for t in result['latencies']), protocol
 
@@ -44,10 +49,9 @@ def test_h2load_failures_are_not_counted_as_answers(h2load_installed, server, mn
   request.model_spec.version.value = 99
   url = f'http://{server.grpc_target}{h2load.PREDICT_PATH}'
   with pytest.raises(RuntimeError, match=r"the server answered .*'failed': [1-9]"):
-    batching_bench.checked_h2load(server, url, h2load.grpc_body(request), h2load.GRPC_HEADERS,
-                                  clients=2, seconds=0.3)
+    _checked_h2load(server, url, h2load.grpc_body(request), h2load.GRPC_HEADERS)
   # REST says it in the HTTP status.
   url = f'{server.rest_url}/v1/models/mnist:predict'
   with pytest.raises(RuntimeError, match=r'0 succeeded, [1-9]\d* failed.*0 2xx.*[1-9]\d* 4xx'):
-    batching_bench.checked_h2load(server, url, json.dumps({'instances': 'no'}).encode(),
-                                  h2load.REST_HEADERS, clients=2, seconds=0.3, http1=True)
+    _checked_h2load(server, url, json.dumps({'instances': 'no'}).encode(), h2load.REST_HEADERS,
+                    http1=True)
